@@ -1,0 +1,1 @@
+"""The `adapterreg` command line: a thin shell over registry.client."""

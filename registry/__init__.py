@@ -1,0 +1,3 @@
+"""adapterreg: a registry and lifecycle service for PEFT adapters."""
+
+__version__ = "0.1.0"

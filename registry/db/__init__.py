@@ -1,0 +1,1 @@
+"""SQLAlchemy 2 models and the engine/session helpers."""

@@ -1,0 +1,1 @@
+"""Domain logic. Services take a Session and flush; they never commit."""

@@ -1,0 +1,1 @@
+"""Everything that needs torch and peft: training, evaluation, merging and the worker."""
