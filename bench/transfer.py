@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,11 +37,17 @@ from moto.server import ThreadedMotoServer
 from safetensors.numpy import save_file
 
 from registry.client import RegistryClient
-from tests.support.servers import free_port
 
 HIDDEN = 1024
 RANK = 256
 MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def make_adapter(directory: Path, size_mib: int) -> int:
@@ -71,17 +79,24 @@ def register_synthetic_base(client: RegistryClient, modules: int) -> None:
     digest = "sha256:" + hashlib.sha256(config).hexdigest()
     client._json("POST", "/base-models", json={
         "name": "bench-base", "architecture": "BenchModel", "config": {"hidden_size": HIDDEN},
-        "manifest": manifest, "files": [{"path": "config.json", "size": len(config),
-                                          "digest": digest}],
+        "manifest": manifest,
+        "files": [
+            {"path": "config.json", "size": len(config), "digest": digest},
+            # Declared, never uploaded: the registry records base weights by digest only.
+            {"path": "model.safetensors", "size": 0, "digest": "sha256:" + "0" * 64},
+        ],
     })
 
 
 @contextmanager
 def api_server(env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
+    log_path = Path(env["ADAPTERREG_HOME"]) / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -92,13 +107,16 @@ def api_server(env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]:
                 break
             except Exception:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(process.stderr.read().decode() if process.stderr else "")
+                    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
                 time.sleep(0.2)
     try:
         yield url, psutil.Process(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()
+        if process.returncode not in (0, -15):
+            sys.stderr.write(f"server exited with {process.returncode}:\n{log_path.read_text()}")
 
 
 class PeakRss:
@@ -114,7 +132,10 @@ class PeakRss:
 
     def _run(self) -> None:
         while not self._stop.wait(0.01):
-            self.peak = max(self.peak, self.process.memory_info().rss)
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
 
     def stop(self) -> int:
         self._stop.set()
@@ -122,9 +143,14 @@ class PeakRss:
         return self.peak - self.baseline
 
 
-def best_time(action: Callable[[], object], repeat: int) -> float:
+def best_time(
+    action: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None
+) -> float:
+    """Return the fastest of ``repeat`` runs of ``action``; ``setup`` runs untimed before each."""
     times = []
     for _ in range(repeat):
+        if setup is not None:
+            setup()
         start = time.perf_counter()
         action()
         times.append(time.perf_counter() - start)
@@ -139,13 +165,11 @@ def bench_backend(label: str, env: dict[str, str], adapter: Path, modules: int, 
         client = RegistryClient(url, state_dir=work / "uploads")
         register_synthetic_base(client, modules)
         rss = PeakRss(process)
-        counter = iter(range(10**6))
-
-        def push() -> None:
-            # A new adapter name each time so every push really transfers the bytes.
-            client.push(f"bench-{label}-{next(counter)}", adapter, base_model="bench-base")
-            # Drop the blobs again so the next push must upload them: new store per backend.
-        push_time = best_time(lambda: (push(), forget_blobs(client, env)), repeat)
+        # Emptying the registry before each push makes it transfer every byte again.
+        push_time = best_time(
+            lambda: client.push("bench", adapter, base_model="bench-base"), repeat,
+            setup=lambda: forget_blobs(env),
+        )
         client.push("bench-final", adapter, base_model="bench-base")
         pull_time = best_time(lambda: client.pull("bench-final", work / f"pulled-{label}"),
                               repeat)
@@ -163,7 +187,7 @@ def bench_backend(label: str, env: dict[str, str], adapter: Path, modules: int, 
     }
 
 
-def forget_blobs(client: RegistryClient, env: dict[str, str]) -> None:
+def forget_blobs(env: dict[str, str]) -> None:
     """Remove blobs and versions so the next push uploads everything again."""
     from sqlalchemy import text
 
@@ -212,7 +236,8 @@ def main() -> None:
 def bench_s3(work: Path, adapter: Path, modules: int, weights: Path, repeat: int
              ) -> dict[str, float]:
     port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()
     endpoint = f"http://127.0.0.1:{port}"
     aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",

@@ -5,9 +5,9 @@ an adapter written by a newer PEFT can load with a setting silently dropped.
 The registry rejects such keys instead.
 
 A config whose ``peft_version`` is newer than the schema's PEFT is accepted
-when every key is a known field: new PEFT features arrive as new fields,
-which the unknown-key rule rejects, and the tensor checks bind every tensor
-to the base model, which catches a changed tensor layout.
+when every key is a known field. New PEFT features arrive as new fields,
+which the unknown-key rule rejects. A changed tensor layout fails the tensor
+checks, which bind every tensor to the base model.
 """
 
 from __future__ import annotations

@@ -24,8 +24,6 @@ LORA_PARTS = {
     ".lora_embedding_A": "lora_embedding_A",
     ".lora_embedding_B": "lora_embedding_B",
     ".lora_magnitude_vector": "lora_magnitude_vector",
-    # PEFT before 0.10 stored the DoRA magnitude as a Linear module's weight.
-    ".lora_magnitude_vector.weight": "lora_magnitude_vector",
     ".base_layer.bias": "base_layer.bias",
 }
 ADALORA_PARTS = {
@@ -92,19 +90,19 @@ class ModuleShapeCheck:
         self.parts = parts
         self.filename = filename
 
-    def expect(self, part: str, dims: list[Dim], *, why: str) -> None:
+    def expect(self, part: str, dims: list[Dim], *, reason: str) -> None:
         found = self.parts.get(part)
         module = self.binding.adapter_module
         if found is None:
             raise InvalidAdapter(
                 f"module {module!r} in {self.filename!r} has no {part} tensor; "
-                f"expected shape {_render(dims)} ({why})"
+                f"expected shape {_render(dims)} ({reason})"
             )
         expected = tuple(size for _, size in dims)
         if found.info.shape != expected:
             raise InvalidAdapter(
                 f"tensor {found.tensor_name!r} in {self.filename!r}: {part} of module {module!r} "
-                f"must have shape {_render(dims)} ({why}), found {list(found.info.shape)}"
+                f"must have shape {_render(dims)} ({reason}), found {list(found.info.shape)}"
             )
         if found.info.dtype not in FLOAT_DTYPES:
             raise InvalidAdapter(
@@ -112,13 +110,13 @@ class ModuleShapeCheck:
                 f"expected a floating-point dtype ({', '.join(sorted(FLOAT_DTYPES))})"
             )
 
-    def reject_extra(self, allowed: set[str], *, why: str) -> None:
+    def reject_extra(self, allowed: set[str], *, reason: str) -> None:
         extra = sorted(set(self.parts) - allowed)
         if extra:
             part = extra[0]
             raise InvalidAdapter(
                 f"tensor {self.parts[part].tensor_name!r} in {self.filename!r} is a {part} "
-                f"tensor, which this module cannot have: {why}"
+                f"tensor, which this module cannot have: {reason}"
             )
 
     def base_description(self) -> str:
@@ -139,69 +137,73 @@ class ModuleShapeCheck:
                 f"{self.binding.base_module!r} has {'a' if bias else 'no'} bias"
             )
         dims = [("", size) for size in bias]
-        self.expect("base_layer.bias", dims, why=f"base {self.binding.base_module}.bias")
+        self.expect("base_layer.bias", dims, reason=f"base {self.binding.base_module}.bias")
         allowed.add("base_layer.bias")
 
 
 def check_lora_module(check: ModuleShapeCheck, *, r: int, rank_source: str) -> None:
     """Check lora_A/lora_B (or the embedding pair), DoRA magnitude and LoRA bias."""
-    config, why_r = check.config, f"r={r} from {rank_source}"
+    config, rank_reason = check.config, f"r={r} from {rank_source}"
     use_dora = bool(config.get("use_dora", False))
     lora_bias = bool(config.get("lora_bias", False))
     if "lora_embedding_A" in check.parts or "lora_embedding_B" in check.parts:
-        allowed = _check_lora_embedding(check, r=r, why_r=why_r, use_dora=use_dora)
+        allowed = _check_lora_embedding(check, r=r, rank_reason=rank_reason, use_dora=use_dora)
     else:
         weight = _weight(check.binding, ndims=(2, *CONV_WEIGHT_DIMS))
         if len(weight) == 2:
-            allowed = _check_lora_linear(check, r=r, why_r=why_r, use_dora=use_dora)
+            allowed = _check_lora_linear(check, r=r, rank_reason=rank_reason, use_dora=use_dora)
         else:
-            allowed = _check_lora_conv(check, r=r, why_r=why_r, use_dora=use_dora)
+            allowed = _check_lora_conv(check, r=r, rank_reason=rank_reason, use_dora=use_dora)
     if lora_bias and "lora_B" in allowed:
         out_features = check.parts["lora_B"].info.shape[0]
-        check.expect("lora_B.bias", [("out_features", out_features)], why="lora_bias=true")
+        check.expect("lora_B.bias", [("out_features", out_features)], reason="lora_bias=true")
         allowed.add("lora_B.bias")
     check.check_base_bias(allowed)
     check.reject_extra(
-        allowed, why=f"use_dora={str(use_dora).lower()}, lora_bias={str(lora_bias).lower()}"
+        allowed, reason=f"use_dora={str(use_dora).lower()}, lora_bias={str(lora_bias).lower()}"
     )
 
 
-def _check_lora_linear(check: ModuleShapeCheck, *, r: int, why_r: str, use_dora: bool) -> set[str]:
+def _check_lora_linear(
+    check: ModuleShapeCheck, *, r: int, rank_reason: str, use_dora: bool
+) -> set[str]:
     fan_in_fan_out = bool(check.config.get("fan_in_fan_out", False))
     in_features, out_features = _features(check.binding, fan_in_fan_out=fan_in_fan_out)
-    why = f"{why_r}, {check.base_description()}"
-    check.expect("lora_A", [("r", r), ("in_features", in_features)], why=why)
-    check.expect("lora_B", [("out_features", out_features), ("r", r)], why=why)
+    reason = f"{rank_reason}, {check.base_description()}"
+    check.expect("lora_A", [("r", r), ("in_features", in_features)], reason=reason)
+    check.expect("lora_B", [("out_features", out_features), ("r", r)], reason=reason)
     if use_dora:
-        check.expect("lora_magnitude_vector", [("out_features", out_features)], why=why)
+        check.expect("lora_magnitude_vector", [("out_features", out_features)], reason=reason)
         return {"lora_A", "lora_B", "lora_magnitude_vector"}
     return {"lora_A", "lora_B"}
 
 
 def _check_lora_embedding(
-    check: ModuleShapeCheck, *, r: int, why_r: str, use_dora: bool
+    check: ModuleShapeCheck, *, r: int, rank_reason: str, use_dora: bool
 ) -> set[str]:
     num_embeddings, dim = _weight(check.binding, ndims=(2,))
-    why = f"{why_r}, {check.base_description()}"
-    check.expect("lora_embedding_A", [("r", r), ("num_embeddings", num_embeddings)], why=why)
-    check.expect("lora_embedding_B", [("embedding_dim", dim), ("r", r)], why=why)
+    reason = f"{rank_reason}, {check.base_description()}"
+    check.expect("lora_embedding_A", [("r", r), ("num_embeddings", num_embeddings)], reason=reason)
+    check.expect("lora_embedding_B", [("embedding_dim", dim), ("r", r)], reason=reason)
     if use_dora:
-        check.expect("lora_magnitude_vector", [("embedding_dim", dim)], why=why)
+        check.expect("lora_magnitude_vector", [("embedding_dim", dim)], reason=reason)
         return {"lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
     return {"lora_embedding_A", "lora_embedding_B"}
 
 
-def _check_lora_conv(check: ModuleShapeCheck, *, r: int, why_r: str, use_dora: bool) -> set[str]:
+def _check_lora_conv(
+    check: ModuleShapeCheck, *, r: int, rank_reason: str, use_dora: bool
+) -> set[str]:
     # NOTE: assumes groups=1: the manifest stores in_channels / groups, not groups itself.
     out_channels, in_channels, *kernel = _weight(check.binding, ndims=CONV_WEIGHT_DIMS)
     ones = [("", 1)] * len(kernel)
-    why = f"{why_r}, {check.base_description()}"
+    reason = f"{rank_reason}, {check.base_description()}"
     kernel_dims = [("kernel", size) for size in kernel]
-    check.expect("lora_A", [("r", r), ("in_channels", in_channels), *kernel_dims], why=why)
-    check.expect("lora_B", [("out_channels", out_channels), ("r", r), *ones], why=why)
+    check.expect("lora_A", [("r", r), ("in_channels", in_channels), *kernel_dims], reason=reason)
+    check.expect("lora_B", [("out_channels", out_channels), ("r", r), *ones], reason=reason)
     if use_dora:
         magnitude = [("", 1), ("out_channels", out_channels), *ones]
-        check.expect("lora_magnitude_vector", magnitude, why=why)
+        check.expect("lora_magnitude_vector", magnitude, reason=reason)
         return {"lora_A", "lora_B", "lora_magnitude_vector"}
     return {"lora_A", "lora_B"}
 
@@ -222,20 +224,20 @@ def check_adalora_module(check: ModuleShapeCheck, *, r: int, rank_source: str) -
     """Check AdaLoRA's lora_A, lora_B and lora_E (the singular values)."""
     fan_in_fan_out = bool(check.config.get("fan_in_fan_out", False))
     in_features, out_features = _features(check.binding, fan_in_fan_out=fan_in_fan_out)
-    why = f"r={r} from {rank_source}, {check.base_description()}"
-    check.expect("lora_A", [("r", r), ("in_features", in_features)], why=why)
-    check.expect("lora_B", [("out_features", out_features), ("r", r)], why=why)
-    check.expect("lora_E", [("r", r), ("", 1)], why=why)
+    reason = f"r={r} from {rank_source}, {check.base_description()}"
+    check.expect("lora_A", [("r", r), ("in_features", in_features)], reason=reason)
+    check.expect("lora_B", [("out_features", out_features), ("r", r)], reason=reason)
+    check.expect("lora_E", [("r", r), ("", 1)], reason=reason)
     allowed = {"lora_A", "lora_B", "lora_E"}
     check.check_base_bias(allowed)
-    check.reject_extra(allowed, why="AdaLoRA saves lora_A, lora_B and lora_E")
+    check.reject_extra(allowed, reason="AdaLoRA saves lora_A, lora_B and lora_E")
 
 
 def check_ia3_module(check: ModuleShapeCheck, *, feedforward: bool) -> None:
     """Check the IA3 scaling vector: over inputs for feedforward modules, else over outputs."""
     weight = _weight(check.binding, ndims=(2, *CONV_WEIGHT_DIMS))
     kind = "feedforward" if feedforward else "non-feedforward"
-    why = f"{kind} module per feedforward_modules, {check.base_description()}"
+    reason = f"{kind} module per feedforward_modules, {check.base_description()}"
     if len(weight) == 2:
         fan_in_fan_out = bool(check.config.get("fan_in_fan_out", False))
         in_features, out_features = _features(check.binding, fan_in_fan_out=fan_in_fan_out)
@@ -250,5 +252,5 @@ def check_ia3_module(check: ModuleShapeCheck, *, feedforward: bool) -> None:
     else:
         channels = ("in_channels", weight[1]) if feedforward else ("out_channels", weight[0])
         dims = [("", 1), channels, *[("", 1)] * (len(weight) - 2)]
-    check.expect("ia3_l", dims, why=why)
-    check.reject_extra({"ia3_l"}, why="IA3 saves one ia3_l vector per module")
+    check.expect("ia3_l", dims, reason=reason)
+    check.reject_extra({"ia3_l"}, reason="IA3 saves one ia3_l vector per module")

@@ -208,6 +208,8 @@ def _unexplained(name: str, config: Mapping[str, Any], *, filename: str) -> Inva
 
 
 def _bind(base: BaseModules, module: str, *, tensor: str, filename: str) -> Binding:
+    # NOTE: an lm_head tied to the input embeddings has no tensor in the checkpoint,
+    # so adapters that target it are rejected here.
     binding = base.bind(module, filename=filename)
     if binding is None:
         raise InvalidAdapter(
@@ -234,13 +236,7 @@ class _ModuleAdapterCheck:
         split = split_adapter_part(key, PARTS_BY_TYPE[self.peft_type])
         if split is not None:
             module, part = split
-            parts = self.modules.setdefault(module, {})
-            if part in parts:
-                raise InvalidAdapter(
-                    f"tensors {parts[part].tensor_name!r} and {name!r} in {self.filename!r} are "
-                    f"both the {part} of module {module!r}; keep one"
-                )
-            parts[part] = Part(tensor_name=name, info=info)
+            self.modules.setdefault(module, {})[part] = Part(tensor_name=name, info=info)
         elif key.endswith(TRAINABLE_TOKENS_SUFFIX):
             self._check_trainable_tokens(name, key, info)
         elif not _check_saved_module_tensor(
@@ -318,9 +314,9 @@ class _ModuleAdapterCheck:
     def check_complete(self, bindings: list[Binding]) -> None:
         """Reject an adapter that lacks a module PEFT would have adapted.
 
-        Only siblings of adapted modules are checked: the same module in other
-        layers. A base checkpoint can hold modules that the model class drops
-        (heads for other tasks), which PEFT never sees.
+        Only siblings of adapted modules are checked, meaning the same module in
+        other layers. A base checkpoint can contain modules that the model class
+        drops (heads for other tasks), and PEFT never adapts those.
         NOTE: a checkpoint with extra layers that the model class drops (such
         as multi-token prediction layers) fails this check.
         """
@@ -374,10 +370,11 @@ def _check_saved_module_tensor(
     *,
     filename: str,
 ) -> bool:
-    """Check a tensor of a module that modules_to_save copies whole; False if it is not one.
+    """Check a tensor of a module that modules_to_save copies whole.
 
-    Such a module may be new (a classification head); if the base has the
-    tensor, the shapes must agree because PEFT loads the copy into it.
+    Return False if the tensor belongs to no such module. The module may be
+    new, like a classification head. If the base has the tensor, the shapes
+    must agree because PEFT loads the copy into the base module.
     """
     components = key.split(".")
     for end in range(1, len(components)):

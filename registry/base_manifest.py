@@ -1,8 +1,8 @@
 """Describe a base model directory: its files, digests, fingerprint and tensor manifest.
 
 Only safetensors headers are read, so no tensor is ever loaded. The manifest
-maps every tensor name of the top-level weight files to its shape and dtype;
-the adapter validator binds adapter modules to it.
+maps every tensor name of the top-level weight files to its shape and dtype,
+and the adapter validator binds adapter modules to it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class FileEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileEntry:
-        """Build an entry from ``to_dict`` output; raise InvalidInput on a malformed entry."""
+        """Build an entry from ``to_dict`` output, raising InvalidInput if it is malformed."""
         path, size, digest = data.get("path"), data.get("size"), data.get("digest")
         if not isinstance(path, str) or not path:
             raise InvalidInput(f"file entry {data!r:.200} needs a non-empty string 'path'")
@@ -76,7 +76,7 @@ class BaseModelInfo:
 
 
 def file_digest(path: Path) -> tuple[str, int]:
-    """Hash a file while streaming it; return ``("sha256:<hex>", size in bytes)``."""
+    """Return ``("sha256:<hex>", size in bytes)`` of a file, reading it in 1 MiB chunks."""
     sha256 = hashlib.sha256()
     size = 0
     with path.open("rb") as file:
@@ -144,14 +144,14 @@ def read_base_model_dir(path: Path, *, max_header_bytes: int) -> BaseModelInfo:
     return info
 
 
-def _read_json_object(path: Path, *, what: str) -> dict[str, Any]:
+def _read_json_object(path: Path, *, kind: str) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise InvalidInput(f"{what} {str(path)!r} is not valid JSON: {e}") from None
+        raise InvalidInput(f"{kind} {str(path)!r} is not valid JSON: {e}") from None
     if not isinstance(document, dict):
         raise InvalidInput(
-            f"{what} {str(path)!r} must be a JSON object, found {type(document).__name__}"
+            f"{kind} {str(path)!r} must be a JSON object, found {type(document).__name__}"
         )
     return document
 
@@ -163,7 +163,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
             f"base model directory {str(directory)!r} has no {CONFIG_FILE}; "
             "save the model with save_pretrained() to write one"
         )
-    return _read_json_object(config_path, what="model config")
+    return _read_json_object(config_path, kind="model config")
 
 
 def _architecture(config: dict[str, Any], *, directory: Path) -> str:
@@ -230,7 +230,7 @@ def _weight_files(directory: Path, files: list[FileEntry]) -> list[str]:
 
 
 def _shards_of_index(directory: Path, index_name: str, top_level: list[str]) -> list[str]:
-    index = _read_json_object(directory / index_name, what="shard index")
+    index = _read_json_object(directory / index_name, kind="shard index")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise InvalidInput(
@@ -276,7 +276,7 @@ def _check_index_agrees(directory: Path, files: list[FileEntry], owners: dict[st
     indexes = [e.path for e in files if "/" not in e.path and e.path.endswith(INDEX_SUFFIX)]
     if not indexes:
         return
-    weight_map = _read_json_object(directory / indexes[0], what="shard index")["weight_map"]
+    weight_map = _read_json_object(directory / indexes[0], kind="shard index")["weight_map"]
     for name, shard in weight_map.items():
         if owners.get(name) != shard:
             found = f"in {owners[name]!r}" if name in owners else "in no shard"

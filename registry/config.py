@@ -48,6 +48,9 @@ class Settings:
     # Where clients find the API (URL) and the token they send (TOKEN).
     url: str = DEFAULT_URL
     token: str | None = None
+    # Base URL that download links point at, when clients reach the API through a proxy
+    # (PUBLIC_URL); by default the URL each request arrived on.
+    public_url: str | None = None
     # Bind address of `adapterreg serve` (HOST, PORT).
     host: str = "127.0.0.1"
     port: int = 8765
@@ -81,6 +84,7 @@ class Settings:
             storage_url=_env("STORAGE_URL", (home / "blobs").resolve().as_uri()),
             url=_env("URL", DEFAULT_URL).rstrip("/"),
             token=os.environ.get(ENV_PREFIX + "TOKEN") or None,
+            public_url=(os.environ.get(ENV_PREFIX + "PUBLIC_URL") or "").rstrip("/") or None,
             host=_env("HOST", "127.0.0.1"),
             port=_env_int("PORT", 8765),
             auth=auth,

@@ -56,7 +56,7 @@ def s3_server() -> Iterator[str]:
 
 @pytest.fixture
 def s3_bucket(s3_server: str) -> Iterator[str]:
-    """Yield the name of a new, empty bucket on ``s3_server``; it is emptied and deleted after."""
+    """Yield the name of a new, empty bucket on ``s3_server``, deleted after the test."""
     name = f"test-{uuid.uuid4().hex[:20]}"
     client = _test_s3_client(s3_server)
     client.create_bucket(Bucket=name)

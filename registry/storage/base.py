@@ -13,6 +13,7 @@ Key layout, relative to the store's root (a directory or an S3 prefix):
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from registry.errors import InvalidInput
 
 DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+# S3 numbers multipart parts from 1 to 10,000; every store accepts the same range.
+MAX_PART_NUMBER = 10_000
 
 
 def check_digest(digest: str) -> str:
@@ -76,6 +79,30 @@ class StagedUpload:
 
     upload_id: str
     modified_at: datetime
+
+
+def check_part_number(part_number: int) -> int:
+    """Return ``part_number`` if it is an integer from 1 to 10,000 (the S3 range)."""
+    if isinstance(part_number, bool) or not isinstance(part_number, int):
+        raise InvalidInput(f"part number {part_number!r} is not an integer")
+    if not 1 <= part_number <= MAX_PART_NUMBER:
+        raise InvalidInput(
+            f"part number {part_number} is out of range; parts are numbered 1 to {MAX_PART_NUMBER}"
+        )
+    return part_number
+
+
+def sorted_parts(parts: list[PartInfo]) -> list[PartInfo]:
+    """Return the parts in part-number order; raise InvalidInput if empty or a number repeats."""
+    if not parts:
+        raise InvalidInput("an upload needs at least one part to complete")
+    ordered = sorted(parts, key=lambda part: part.part_number)
+    for previous, part in itertools.pairwise(ordered):
+        if part.part_number == previous.part_number:
+            raise InvalidInput(
+                f"part {part.part_number} is listed twice; list each uploaded part once"
+            )
+    return ordered
 
 
 class BlobStore(Protocol):

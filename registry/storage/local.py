@@ -10,7 +10,6 @@ once both succeed with identical bytes.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 import shutil
@@ -30,42 +29,19 @@ from registry.storage.base import (
     StagedUpload,
     blob_key,
     check_digest,
+    check_part_number,
+    sorted_parts,
     upload_prefix,
 )
 
 logger = logging.getLogger(__name__)
 
-MAX_PART_NUMBER = 10_000
 BLOB_DIRECTORY = "blobs/sha256"
 UPLOAD_DIRECTORY = "uploads"
 
 
 def _to_datetime(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=UTC)
-
-
-def check_part_number(part_number: int) -> int:
-    """Return ``part_number`` if it is an integer from 1 to 10,000 (the S3 range)."""
-    if isinstance(part_number, bool) or not isinstance(part_number, int):
-        raise InvalidInput(f"part number {part_number!r} is not an integer")
-    if not 1 <= part_number <= MAX_PART_NUMBER:
-        raise InvalidInput(
-            f"part number {part_number} is out of range; parts are numbered 1 to {MAX_PART_NUMBER}"
-        )
-    return part_number
-
-
-def sorted_parts(parts: list[PartInfo]) -> list[PartInfo]:
-    """Return the parts in part-number order; raise InvalidInput on a missing or repeated list."""
-    if not parts:
-        raise InvalidInput("an upload needs at least one part to complete")
-    ordered = sorted(parts, key=lambda part: part.part_number)
-    for previous, part in itertools.pairwise(ordered):
-        if part.part_number == previous.part_number:
-            raise InvalidInput(
-                f"part {part.part_number} is listed twice; list each uploaded part once"
-            )
-    return ordered
 
 
 @contextmanager
@@ -139,7 +115,7 @@ class LocalBlobStore:
             return file.read(length)
 
     def put_blob(self, digest: str, chunks: Iterable[bytes], *, max_bytes: int) -> int:
-        """Store a blob from a stream; a blob already present is kept and ``chunks`` not read."""
+        """Store a blob from a stream. A blob already present is kept and ``chunks`` is not read."""
         check_digest(digest)
         if self.has_blob(digest):
             return self.blob_size(digest)
@@ -162,7 +138,7 @@ class LocalBlobStore:
     def _write_staged(
         self, path: Path, chunks: Iterable[bytes], *, max_bytes: int | None
     ) -> tuple[int, str]:
-        """Write ``chunks`` to a new file at ``path``; return its size and digest."""
+        """Write ``chunks`` to a new file at ``path`` and return its size and digest."""
         sha256 = hashlib.sha256()
         size = 0
         with _os_errors("creating", path):
@@ -326,7 +302,7 @@ def _latest_mtime(directory: Path) -> float:
 
 
 def _fsync_directory(directory: Path) -> None:
-    # Persist the rename itself; without it a crash can lose the new directory entry.
+    # Persist the rename itself, because a crash can otherwise lose the new directory entry.
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

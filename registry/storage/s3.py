@@ -23,9 +23,10 @@ from registry.storage.base import (
     StagedUpload,
     blob_key,
     check_digest,
+    check_part_number,
+    sorted_parts,
     upload_prefix,
 )
-from registry.storage.local import check_part_number, sorted_parts
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ PUT_PART_BYTES = 8 * MiB
 COPY_PART_BYTES = 1 * GiB
 READ_CHUNK_BYTES = 1 * MiB
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
+# Errors in the part list a client sent, as opposed to failures of the store.
+INVALID_PART_CODES = frozenset({"InvalidPart", "InvalidPartOrder", "EntityTooSmall"})
 STAGED_BLOB_NAME = "blob"
 
 
@@ -64,7 +67,7 @@ class S3BlobStore:
                                         in flight, or an object not yet verified
 
     Bytes are verified before they are copied to their blob key, so a blob key
-    only ever holds bytes that hash to its digest. The boto3 client is passed
+    only ever contains bytes that hash to its digest. The boto3 client is passed
     in, so its endpoint, credentials and retries are the caller's choice.
     """
 
@@ -104,6 +107,11 @@ class S3BlobStore:
             code = _error_code(e)
             if code in NOT_FOUND_CODES:
                 raise NotFound(f"{self._url(key)} not found ({action}: {code})") from e
+            if code in INVALID_PART_CODES:
+                raise InvalidInput(
+                    f"S3 {action} on {self._url(key)} rejected the part list: {code}; "
+                    "upload the listed parts again"
+                ) from e
             raise StorageError(
                 f"S3 {action} on {self._url(key)} failed: {code} {e}; "
                 "check the bucket, credentials and AWS_ENDPOINT_URL"
@@ -162,7 +170,7 @@ class S3BlobStore:
             raise
 
     def put_blob(self, digest: str, chunks: Iterable[bytes], *, max_bytes: int) -> int:
-        """Store a blob from a stream; a blob already present is kept and ``chunks`` not read.
+        """Store a blob from a stream. A blob already present is kept and ``chunks`` is not read.
 
         The stream goes to a staging key, as one put_object when it fits in
         one 8 MiB buffer and as a multipart upload otherwise.
@@ -173,18 +181,21 @@ class S3BlobStore:
         upload_id = uuid.uuid4().hex
         staging_key = self._staging_key(upload_id)
         size, computed = _StreamingUpload(self, staging_key).run(chunks, max_bytes=max_bytes)
-        self._publish(staging_key, digest, computed=computed, size=size, what="uploaded bytes")
+        self._publish(staging_key, digest, computed=computed, size=size, source="uploaded bytes")
         logger.info("stored blob %s (%d bytes)", digest, size)
         return size
 
     def _publish(
-        self, staging_key: str, digest: str, *, computed: str, size: int, what: str
+        self, staging_key: str, digest: str, *, computed: str, size: int, source: str
     ) -> None:
-        """Copy verified staged bytes to their blob key; delete the staged object either way."""
+        """Copy verified staged bytes to their blob key, then delete the staged object.
+
+        The staged object is deleted on a digest mismatch too.
+        """
         try:
             if computed != digest:
                 raise DigestMismatch(
-                    f"{what} hash to {computed}, not the declared {digest}; "
+                    f"{source} hash to {computed}, not the declared {digest}; "
                     "the staged bytes were removed, upload the blob again"
                 )
             self._copy(staging_key, self._key(blob_key(digest)), size=size)
@@ -239,14 +250,14 @@ class S3BlobStore:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except (ClientError, BotoCoreError):
-            # Already failing or done: gc removes what is left under uploads/.
+            # The caller is already failing or done. gc removes what is left under uploads/.
             logger.warning("could not delete %s", self._url(key), exc_info=True)
 
     def _abort_quietly(self, key: str, handle: str) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=handle)
         except (ClientError, BotoCoreError):
-            # Already failing: keep the first error; gc removes what is left under uploads/.
+            # The caller is already failing, so keep its error. gc removes what is left.
             logger.warning("could not abort multipart upload at %s", self._url(key), exc_info=True)
 
     def start_upload(self, upload_id: str) -> str:
@@ -264,7 +275,7 @@ class S3BlobStore:
         *,
         max_bytes: int,
     ) -> PartInfo:
-        """Stage one part; the bytes are spooled to a temporary file because S3 needs the length."""
+        """Stage one part, spooled to a temporary file because upload_part needs its length."""
         check_part_number(part_number)
         key = self._staging_key(upload_id)
         with (
@@ -306,7 +317,7 @@ class S3BlobStore:
                 },
             )
         size, computed = self._hash_object(key)
-        self._publish(key, digest, computed=computed, size=size, what=f"upload {upload_id}")
+        self._publish(key, digest, computed=computed, size=size, source=f"upload {upload_id}")
         logger.info("stored blob %s (%d bytes) from upload %s", digest, size, upload_id)
         return size
 
@@ -324,14 +335,29 @@ class S3BlobStore:
         return size, f"sha256:{sha256.hexdigest()}"
 
     def abort_upload(self, upload_id: str, handle: str) -> None:
+        """Abort the upload and delete its staged bytes.
+
+        With an empty ``handle`` (garbage collection of a put_blob that never
+        finished), every multipart upload in flight at the staging key is aborted.
+        """
         key = self._staging_key(upload_id)
-        if handle:
+        for upload_handle in [handle] if handle else self._multipart_handles(key):
             try:
                 with self._translate("abort_multipart_upload", key):
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=handle)
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload_handle
+                    )
             except NotFound:
                 pass  # already completed or aborted
         self._delete(key)
+
+    def _multipart_handles(self, key: str) -> list[str]:
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        handles = []
+        with self._translate("list_multipart_uploads", key):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=key):
+                handles += [u["UploadId"] for u in page.get("Uploads", []) if u["Key"] == key]
+        return handles
 
     def delete_blob(self, digest: str) -> None:
         key = self._key(blob_key(digest))
@@ -400,7 +426,7 @@ class S3BlobStore:
     def presign_get(
         self, digest: str, *, expires_in: int, filename: str | None = None
     ) -> str | None:
-        """Return a presigned GET URL; it does not check that the blob exists."""
+        """Return a presigned GET URL without checking that the blob exists."""
         key = self._key(blob_key(digest))
         params: dict[str, str] = {"Bucket": self.bucket, "Key": key}
         if filename is not None:
@@ -495,7 +521,7 @@ def _raise_too_large(max_bytes: int) -> NoReturn:
 
 @contextmanager
 def _spool(chunks: Iterable[bytes], *, max_bytes: int) -> Iterator[tuple[IO[bytes], int, str]]:
-    """Write chunks to a temporary file (in memory up to 8 MiB); yield it, its size and digest."""
+    """Spool chunks to a temporary file (in memory up to 8 MiB); yield it, its size and digest."""
     sha256 = hashlib.sha256()
     size = 0
     with tempfile.SpooledTemporaryFile(max_size=PUT_PART_BYTES) as file:

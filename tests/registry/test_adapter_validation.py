@@ -47,8 +47,8 @@ TINY_BERT = BertConfig(
     num_attention_heads=4,
     intermediate_size=64,
     max_position_embeddings=64,
-    num_labels=3,
 )
+TINY_BERT.num_labels = 3
 TINY_LLAMA = LlamaConfig(
     vocab_size=100,
     hidden_size=32,
@@ -76,7 +76,7 @@ class Base:
 
 def save_adapter(base: Base, config: PeftConfig, directory: Path) -> SavedAdapter:
     torch.manual_seed(0)
-    get_peft_model(base.factory(), config).save_pretrained(directory)
+    get_peft_model(base.factory(), config).save_pretrained(str(directory))
     weights = directory / "adapter_model.safetensors"
     with safe_open(weights, "pt") as reference:
         numel = sum(math.prod(reference.get_slice(k).get_shape()) for k in reference.keys())  # noqa: SIM118
@@ -203,6 +203,28 @@ def adapters(
                 task_type="CAUSAL_LM", num_virtual_tokens=5, encoder_hidden_size=16
             ),
         ),
+        "bert_bias_all": (
+            bert,
+            LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query"], bias="all"),
+        ),
+        "llama_trainable_tokens": (
+            llama,
+            LoraConfig(
+                task_type="CAUSAL_LM",
+                r=2,
+                target_modules=["q_proj"],
+                trainable_token_indices=[1, 2, 3],
+            ),
+        ),
+        "llama_modules_to_save": (
+            llama,
+            LoraConfig(
+                task_type="CAUSAL_LM",
+                r=2,
+                target_modules=["q_proj", "down_proj"],
+                modules_to_save=["lm_head", "layers.1.mlp"],
+            ),
+        ),
         "minilm_lora": (
             minilm,
             LoraConfig(task_type="SEQ_CLS", r=8, target_modules=["query", "key", "value"]),
@@ -285,6 +307,61 @@ def test_ia3_bert_feedforward(adapters: dict[str, SavedAdapter], bert: Base) -> 
     summary = validate(adapters["bert_ia3"], bert)
 
     assert "bert.encoder.layer.0.output.dense" in summary.target_modules
+
+
+def test_lora_bias_all(adapters: dict[str, SavedAdapter], bert: Base) -> None:
+    adapter = adapters["bert_bias_all"]
+
+    summary = validate(adapter, bert)
+
+    assert summary.tensor_count == len(adapter.tensors)
+    assert "base_model.model.bert.encoder.layer.0.output.dense.bias" in adapter.tensors
+
+
+def test_bias_tensors_need_bias_all(adapters: dict[str, SavedAdapter], bert: Base) -> None:
+    adapter = adapters["bert_bias_all"]
+
+    detail = reject(adapter, bert, config=with_config(adapter, bias="none"))
+
+    assert "is not explained by the LORA config" in detail
+
+
+def test_trainable_tokens(adapters: dict[str, SavedAdapter], llama: Base) -> None:
+    summary = validate(adapters["llama_trainable_tokens"], llama)
+
+    assert summary.trainable_params == adapters["llama_trainable_tokens"].numel
+
+
+def test_trainable_token_out_of_range(adapters: dict[str, SavedAdapter], llama: Base) -> None:
+    adapter = adapters["llama_trainable_tokens"]
+    config = with_config(adapter, trainable_token_indices=[1, 2, 100])
+
+    detail = reject(adapter, llama, config=config)
+
+    assert "index 100, out of range" in detail
+    assert "'model.embed_tokens' with 100 embeddings" in detail
+
+
+def test_modules_to_save_whole_module(adapters: dict[str, SavedAdapter], llama: Base) -> None:
+    adapter = adapters["llama_modules_to_save"]
+
+    summary = validate(adapter, llama)
+
+    assert summary.target_modules == [
+        "model.layers.0.mlp.down_proj",
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.self_attn.q_proj",
+    ]
+
+
+def test_modules_to_save_shape_checked(adapters: dict[str, SavedAdapter], llama: Base) -> None:
+    adapter = adapters["llama_modules_to_save"]
+    name = "base_model.model.model.layers.1.mlp.up_proj.weight"
+
+    detail = reject(adapter, llama, tensors=with_shape(adapter, name, (32, 32)))
+
+    assert repr(name) in detail
+    assert "base tensor 'model.layers.1.mlp.up_proj.weight' has [64, 32]" in detail
 
 
 def test_adalora(adapters: dict[str, SavedAdapter], bert: Base) -> None:

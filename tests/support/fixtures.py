@@ -134,8 +134,7 @@ def live_registry(
     """The API over real HTTP on a free loopback port, open for the local user."""
     app = create_app(registry_settings, engine=engine, store=store, open_access=True)
     with run_app(app) as server:
-        settings = Settings(**{**registry_settings.__dict__, "url": server.url})
-        app.state.registry.settings = settings
+        settings = registry_settings
         client = RegistryClient(server.url, state_dir=settings.home / "uploads")
         yield LiveRegistry(
             url=server.url,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 
 from registry.api.deps import ActorDep, SessionDep, StateDep, StoreDep
 from registry.api.errors import error_responses
@@ -116,7 +116,12 @@ def rollback_alias(
 
 @router.get("/resolve/{ref}", responses=error_responses(401, 404, 422))
 def resolve_reference(
-    ref: str, session: SessionDep, store: StoreDep, actor: ActorDep, state: StateDep
+    ref: str,
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    actor: ActorDep,
+    state: StateDep,
 ) -> dict[str, Any]:
     """Resolve `name`, `name@3` or `name@alias` for a serving system."""
     actor.require("reader")
@@ -124,6 +129,6 @@ def resolve_reference(
         session,
         store,
         ref,
-        api_base_url=state.settings.url,
+        api_base_url=state.settings.public_url or str(request.base_url).rstrip("/"),
         presign_ttl=state.settings.presign_ttl,
     )

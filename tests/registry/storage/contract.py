@@ -232,6 +232,16 @@ class BlobStoreContract:
         assert list(blob_store.iter_staged_uploads()) == []
         assert list(blob_store.iter_blobs()) == []
 
+    def test_abort_upload_without_handle(self, blob_store: BlobStore) -> None:
+        # Garbage collection has the upload id of a staged upload but not its handle.
+        upload_id = os.urandom(16).hex()
+        handle = blob_store.start_upload(upload_id)
+        blob_store.put_part(upload_id, handle, 1, [b"partial"], max_bytes=LIMIT)
+
+        blob_store.abort_upload(upload_id, "")
+
+        assert list(blob_store.iter_staged_uploads()) == []
+
     def test_iter_staged_uploads_lists_upload(self, blob_store: BlobStore) -> None:
         upload_id = os.urandom(16).hex()
         handle = blob_store.start_upload(upload_id)

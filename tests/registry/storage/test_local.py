@@ -82,7 +82,7 @@ def test_local_complete_rejects_size_mismatch(tmp_path: Path) -> None:
 
 
 def test_local_put_part_after_abort_not_found(tmp_path: Path) -> None:
-    # Not in the shared contract: moto 5.2 answers 500 instead of S3's NoSuchUpload here.
+    # Not in the shared contract: moto 5.2 responds with 500 here, where S3 sends NoSuchUpload.
     store = LocalBlobStore(tmp_path)
     upload_id = os.urandom(16).hex()
     handle = store.start_upload(upload_id)

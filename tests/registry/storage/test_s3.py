@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -100,6 +101,20 @@ def test_s3_small_parts_rejected(s3_client: Any, s3_bucket: str) -> None:
 
     assert "part 1" in caught.value.detail
     assert "5 MiB" in caught.value.detail
+    store.abort_upload(upload_id, handle)
+
+
+def test_s3_stale_etag_rejected(s3_client: Any, s3_bucket: str) -> None:
+    store = S3BlobStore(s3_client, s3_bucket)
+    upload_id = os.urandom(16).hex()
+    handle = store.start_upload(upload_id)
+    part = store.put_part(upload_id, handle, 1, [b"only part"], max_bytes=LIMIT)
+    stale = dataclasses.replace(part, etag='"00000000000000000000000000000000"')
+
+    with pytest.raises(InvalidInput) as caught:
+        store.complete_upload(upload_id, handle, [stale], digest_of(b"only part"))
+
+    assert "InvalidPart" in caught.value.detail
     store.abort_upload(upload_id, handle)
 
 
