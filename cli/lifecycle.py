@@ -6,18 +6,22 @@ so the registry-only commands here work without the training extras.
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cli.errors import handle_errors, json_option
+from cli.errors import exit_code_for, handle_errors, json_option
 from cli.output import console, err_console, print_fields, print_json, print_table
 from registry.client import RegistryClient
 from registry.errors import GateRejected, InvalidInput
 
 FINAL_STATES = ("rejected", "promoted", "failed")
+# Exit status of `promote` when the request ends failed: its evaluation errored on every try.
+FAILED_EXIT_CODE = 1
 
 
 def _client() -> RegistryClient:
@@ -26,12 +30,27 @@ def _client() -> RegistryClient:
 
 def _eval_options(function: Any) -> Any:
     options = [
-        click.option("--max-samples", type=int, default=500, show_default=True,
-                     help="Rows of the split evaluated, from the start; 0 for all."),
-        click.option("--max-length", type=int, default=128, show_default=True,
-                     help="Tokens per example after truncation."),
-        click.option("--batch-size", type=int, default=32, show_default=True,
-                     help="Examples per forward pass."),
+        click.option(
+            "--max-samples",
+            type=int,
+            default=500,
+            show_default=True,
+            help="Rows of the split evaluated, from the start; 0 for all.",
+        ),
+        click.option(
+            "--max-length",
+            type=int,
+            default=128,
+            show_default=True,
+            help="Tokens per example after truncation.",
+        ),
+        click.option(
+            "--batch-size",
+            type=int,
+            default=32,
+            show_default=True,
+            help="Examples per forward pass.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -43,8 +62,9 @@ def _eval_settings(split: str, max_samples: int, max_length: int, batch_size: in
 
     if max_samples < 0 or max_length < 1 or batch_size < 1:
         raise InvalidInput("--max-samples must be >= 0, --max-length and --batch-size >= 1")
-    return EvalSettings(split=split, max_samples=max_samples or None, max_length=max_length,
-                        batch_size=batch_size)
+    return EvalSettings(
+        split=split, max_samples=max_samples or None, max_length=max_length, batch_size=batch_size
+    )
 
 
 # Evaluate
@@ -57,8 +77,15 @@ def _eval_settings(split: str, max_samples: int, max_length: int, batch_size: in
 @_eval_options
 @json_option
 @handle_errors
-def evaluate(ref: str, dataset: str, split: str, max_samples: int, max_length: int,
-             batch_size: int, as_json: bool) -> None:
+def evaluate(
+    ref: str,
+    dataset: str,
+    split: str,
+    max_samples: int,
+    max_length: int,
+    batch_size: int,
+    as_json: bool,
+) -> None:
     """Evaluate adapter REF and its bare base model on the same examples and record both.
 
     For seq-cls the base model has no trained head; it is run as a zero-shot
@@ -71,20 +98,27 @@ def evaluate(ref: str, dataset: str, split: str, max_samples: int, max_length: i
     if as_json:
         print_json(report)
         return
-    rows = [_evaluation_row("adapter", report["adapter"]),
-            _evaluation_row("base (cached)" if report["base_cached"] else "base", report["base"])]
+    rows = [
+        _evaluation_row("adapter", report["adapter"]),
+        _evaluation_row("base (cached)" if report["base_cached"] else "base", report["base"]),
+    ]
     metrics = sorted({key for row in rows for key in row} - {"subject", "id", "samples"})
-    print_table(rows, ["subject", "id", "samples", *metrics],
-                title=f"{dataset} split {split}")
+    print_table(rows, ["subject", "id", "samples", *metrics], title=f"{dataset} split {split}")
     if report["baseline"]:
-        click.echo(f"base model run as {report['baseline']}: it has no trained head, so each "
-                   "text gets the label whose name embeds closest; it reports no loss")
+        click.echo(
+            f"base model run as {report['baseline']}: it has no trained head, so each "
+            "text gets the label whose name embeds closest; it reports no loss"
+        )
 
 
 def _evaluation_row(role: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     metrics = {key: f"{value:.4f}" for key, value in evaluation["metrics"].items()}
-    return {"subject": f"{role} {evaluation['subject']['ref']}", "id": evaluation["id"],
-            "samples": evaluation["sample_count"], **metrics}
+    return {
+        "subject": f"{role} {evaluation['subject']['ref']}",
+        "id": evaluation["id"],
+        "samples": evaluation["sample_count"],
+        **metrics,
+    }
 
 
 @click.command("evaluations")
@@ -94,17 +128,30 @@ def _evaluation_row(role: str, evaluation: dict[str, Any]) -> dict[str, Any]:
 @click.option("--limit", type=int, default=100, show_default=True)
 @json_option
 @handle_errors
-def evaluations(subject: str | None, dataset: str | None, promotion_id: int | None, limit: int,
-                as_json: bool) -> None:
+def evaluations(
+    subject: str | None, dataset: str | None, promotion_id: int | None, limit: int, as_json: bool
+) -> None:
     """List recorded evaluations, newest first."""
-    items = _client().list_evaluations(subject=subject, dataset=dataset,
-                                       promotion_request_id=promotion_id, limit=limit)
+    items = _client().list_evaluations(
+        subject=subject, dataset=dataset, promotion_request_id=promotion_id, limit=limit
+    )
     if as_json:
         print_json({"items": items})
         return
     rows = [{**item, "subject": item["subject"]["ref"]} for item in items]
-    print_table(rows, ["id", "subject", "dataset", "split", "metrics", "sample_count",
-                       "created_by", "created_at"])
+    print_table(
+        rows,
+        [
+            "id",
+            "subject",
+            "dataset",
+            "split",
+            "metrics",
+            "sample_count",
+            "created_by",
+            "created_at",
+        ],
+    )
 
 
 # Merge
@@ -112,73 +159,149 @@ def evaluations(subject: str | None, dataset: str | None, promotion_id: int | No
 
 @click.command()
 @click.argument("refs", nargs=-1, required=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the merged model (merge into the base).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the merged model (merge into the base).",
+)
 @click.option("--register", help="Record the merged model under this name.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
-              default="float32", show_default=True, help="Dtype of the merged weights.")
-@click.option("--max-shard-size", default="2GB", show_default=True,
-              help="Largest safetensors file, e.g. 500MB.")
-@click.option("--tolerance", type=float,
-              help="Largest accepted max |logit difference| (default by dtype).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Dtype of the merged weights.",
+)
+@click.option(
+    "--max-shard-size",
+    default="2GB",
+    show_default=True,
+    help="Largest safetensors file, e.g. 500MB.",
+)
+@click.option(
+    "--tolerance", type=float, help="Largest accepted max |logit difference| (default by dtype)."
+)
 @click.option("--upload", is_flag=True, help="Also store the merged files as blobs.")
-@click.option("--method", type=click.Choice(["linear", "cat", "ties", "dare_linear",
-                                             "dare_ties"]),
-              help="Combine several LoRA versions into a new adapter version instead.")
+@click.option(
+    "--method",
+    type=click.Choice(["linear", "cat", "ties", "dare_linear", "dare_ties"]),
+    help="Combine several LoRA versions into a new adapter version instead.",
+)
 @click.option("--weights", help="Comma-separated weight per adapter (default: 1/n each).")
 @click.option("--density", type=float, help="Fraction kept by ties and dare_*, in (0, 1].")
 @click.option("--adapter", help="Adapter name of the combined version (with --method).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the sample inputs and of dare's random drops.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the sample inputs and of dare's random drops.",
+)
 @json_option
 @handle_errors
-def merge(refs: tuple[str, ...], out_dir: Path | None, register: str | None, dtype: str,
-          max_shard_size: str, tolerance: float | None, upload: bool, method: str | None,
-          weights: str | None, density: float | None, adapter: str | None, seed: int,
-          as_json: bool) -> None:
+def merge(
+    refs: tuple[str, ...],
+    out_dir: Path | None,
+    register: str | None,
+    dtype: str,
+    max_shard_size: str,
+    tolerance: float | None,
+    upload: bool,
+    method: str | None,
+    weights: str | None,
+    density: float | None,
+    adapter: str | None,
+    seed: int,
+    as_json: bool,
+) -> None:
     """Merge REF into its base weights (--out), or combine REFS into a new version (--method)."""
+    _check_merge_mode(
+        method,
+        base_options={"--out": out_dir, "--register": register, "--upload": upload or None},
+        combine_options={"--adapter": adapter, "--weights": weights, "--density": density},
+    )
     if method:
-        result = _combine(list(refs), method=method, weights=weights, density=density,
-                          adapter=adapter, seed=seed)
+        result = _combine(
+            list(refs), method=method, weights=weights, density=density, adapter=adapter, seed=seed
+        )
         if as_json:
             print_json(result)
         else:
-            click.echo(f"{result['name']}@{result['version']} created by {method} merge of "
-                       f"{', '.join(refs)}  {result['digest']}")
+            click.echo(
+                f"{result['name']}@{result['version']} created by {method} merge of "
+                f"{', '.join(refs)}  {result['digest']}"
+            )
         return
-    result = _merge_into_base(refs, out_dir, register=register, dtype=dtype,
-                              max_shard_size=max_shard_size, tolerance=tolerance, upload=upload,
-                              seed=seed)
+    result = _merge_into_base(
+        refs,
+        out_dir,
+        register=register,
+        dtype=dtype,
+        max_shard_size=max_shard_size,
+        tolerance=tolerance,
+        upload=upload,
+        seed=seed,
+    )
     if as_json:
         print_json(result)
         return
-    click.echo(f"merged {result['ref']} into {result['path']} ({result['dtype']}, "
-               f"{len(result['files'])} files); max |difference| {result['max_abs_diff']:.3g} "
-               f"<= tolerance {result['tolerance']:.3g}")
+    click.echo(
+        f"merged {result['ref']} into {result['path']} ({result['dtype']}, "
+        f"{len(result['files'])} files); max |difference| {result['max_abs_diff']:.3g} "
+        f"<= tolerance {result['tolerance']:.3g}"
+    )
     if result["registered"]:
         click.echo(f"registered merged model {result['registered']['name']!r}")
 
 
-def _merge_into_base(refs: tuple[str, ...], out_dir: Path | None, **options: Any
-                     ) -> dict[str, Any]:
-    from trainer.merge import MergeOptions, merge_into_base
+def _check_merge_mode(
+    method: str | None, *, base_options: dict[str, Any], combine_options: dict[str, Any]
+) -> None:
+    """Reject options of the other kind of merge instead of ignoring them."""
+    if method:
+        misplaced = [name for name, value in base_options.items() if value is not None]
+        if misplaced:
+            raise InvalidInput(
+                f"{', '.join(misplaced)} apply to merging one adapter into its base; --method "
+                "creates a new adapter version instead, named by --adapter"
+            )
+        return
+    misplaced = [name for name, value in combine_options.items() if value is not None]
+    if misplaced:
+        raise InvalidInput(
+            f"{', '.join(misplaced)} apply to combining adapters; add --method "
+            "linear|cat|ties|dare_linear|dare_ties"
+        )
 
+
+def _merge_into_base(refs: tuple[str, ...], out_dir: Path | None, **options: Any) -> dict[str, Any]:
     if len(refs) != 1 or out_dir is None:
         raise InvalidInput(
             "merging into the base takes one REF and --out DIR; to combine several adapters "
             "pass --method and --adapter"
         )
+    from trainer.merge import MergeOptions, merge_into_base
+
     register = options.pop("register")
-    return merge_into_base(_client(), refs[0], out_dir, register=register,
-                           options=MergeOptions(**options))
+    return merge_into_base(
+        _client(), refs[0], out_dir, register=register, options=MergeOptions(**options)
+    )
 
 
-def _combine(refs: list[str], *, method: str, weights: str | None, density: float | None,
-             adapter: str | None, seed: int) -> dict[str, Any]:
-    from trainer.merge import CombineOptions, combine_adapters
-
+def _combine(
+    refs: list[str],
+    *,
+    method: str,
+    weights: str | None,
+    density: float | None,
+    adapter: str | None,
+    seed: int,
+) -> dict[str, Any]:
     if not adapter:
         raise InvalidInput("--method needs --adapter NAME for the new version")
+    from trainer.merge import CombineOptions, combine_adapters
+
     parsed = _parse_weights(weights, len(refs))
     options = CombineOptions(method=method, weights=parsed, density=density, seed=seed)
     return combine_adapters(_client(), refs, adapter=adapter, options=options)
@@ -190,8 +313,9 @@ def _parse_weights(text: str | None, count: int) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise InvalidInput(f"invalid --weights {text!r}: use numbers separated by commas, "
-                           "e.g. 0.7,0.3") from None
+        raise InvalidInput(
+            f"invalid --weights {text!r}: use numbers separated by commas, e.g. 0.7,0.3"
+        ) from None
 
 
 @click.command("merged-models")
@@ -204,8 +328,19 @@ def merged_models(as_json: bool) -> None:
         print_json({"items": items})
         return
     rows = [{**item, "parents": [p["ref"] for p in item["parents"]]} for item in items]
-    print_table(rows, ["name", "method", "dtype", "parents", "max_abs_diff", "total_size",
-                       "uploaded", "created_at"])
+    print_table(
+        rows,
+        [
+            "name",
+            "method",
+            "dtype",
+            "parents",
+            "max_abs_diff",
+            "total_size",
+            "uploaded",
+            "created_at",
+        ],
+    )
 
 
 # Promote, approve, reject
@@ -214,52 +349,94 @@ def merged_models(as_json: bool) -> None:
 @click.command()
 @click.argument("ref")
 @click.option("--to", "alias", required=True, help="Alias to move, e.g. production.")
-@click.option("--dataset", "datasets", multiple=True,
-              help="NAME@VERSION; repeatable, the first is primary (default: the version's).")
+@click.option(
+    "--dataset",
+    "datasets",
+    multiple=True,
+    help="NAME@VERSION; repeatable, the first is primary (default: the version's).",
+)
 @click.option("--split", default="test", show_default=True)
 @click.option("--reason", help="Why; kept in the request and the alias history.")
 @click.option("--wait", is_flag=True, help="Follow the request to its end.")
 @click.option("--local", is_flag=True, help="Evaluate in this process instead of a worker.")
-@click.option("--timeout", type=float, default=3600, show_default=True,
-              help="Seconds --wait follows the request.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=3600,
+    show_default=True,
+    help="Seconds --wait follows the request (also --local, when a worker claimed it first).",
+)
 @_eval_options
 @json_option
 @handle_errors
-def promote(ref: str, alias: str, datasets: tuple[str, ...], split: str, reason: str | None,
-            wait: bool, local: bool, timeout: float, max_samples: int, max_length: int,
-            batch_size: int, as_json: bool) -> None:
+def promote(
+    ref: str,
+    alias: str,
+    datasets: tuple[str, ...],
+    split: str,
+    reason: str | None,
+    wait: bool,
+    local: bool,
+    timeout: float,
+    max_samples: int,
+    max_length: int,
+    batch_size: int,
+    as_json: bool,
+) -> None:
     """Request moving ALIAS to version REF; the gate decides on fresh evaluations."""
     client = _client()
-    request = client.request_promotion(ref, alias, datasets=list(datasets), split=split,
-                                       reason=reason)
+    request = client.request_promotion(
+        ref, alias, datasets=list(datasets), split=split, reason=reason
+    )
     if not as_json:
-        click.echo(f"promotion {request['id']} requested: {request['ref']} -> {alias} on "
-                   f"{', '.join(request['datasets'])} split {split}", err=True)
+        click.echo(
+            f"promotion {request['id']} requested: {request['ref']} -> {alias} on "
+            f"{', '.join(request['datasets'])} split {split}",
+            err=True,
+        )
     if local:
-        request = _run_locally(client, request["id"],
-                               _eval_settings(split, max_samples, max_length, batch_size))
+        settings = _eval_settings(split, max_samples, max_length, batch_size)
+        request = _run_locally(client, request["id"], settings, timeout=timeout, quiet=as_json)
     elif wait:
         request = _follow(client, request["id"], timeout=timeout, quiet=as_json)
     _print_promotion(request, as_json=as_json)
     if request["state"] == "rejected":
+        if as_json:
+            # The request document above is the one JSON output; only the exit code remains.
+            sys.exit(exit_code_for(GateRejected("")))
         raise GateRejected(_rejection_summary(request))
+    if request["state"] == "failed":
+        if not as_json:
+            click.echo(
+                f"error: promotion {request['id']} failed: {request['error']}; fix the cause and "
+                "request it again",
+                err=True,
+            )
+        sys.exit(FAILED_EXIT_CODE)
 
 
-def _run_locally(client: RegistryClient, request_id: int, settings: Any) -> dict[str, Any]:
+def _run_locally(
+    client: RegistryClient, request_id: int, settings: Any, *, timeout: float, quiet: bool
+) -> dict[str, Any]:
     from trainer.worker import run_worker
 
     with err_console.status(f"evaluating promotion {request_id} in this process"):
-        run_worker(client, once=True, request_id=request_id, settings=settings)
-    return client.get_promotion(request_id)
+        processed = run_worker(client, once=True, request_id=request_id, settings=settings)
+    if processed:
+        return client.get_promotion(request_id)
+    # A worker claimed the request between its creation and this claim: follow it.
+    return _follow(client, request_id, timeout=timeout, quiet=quiet)
 
 
-def _follow(client: RegistryClient, request_id: int, *, timeout: float, quiet: bool
-            ) -> dict[str, Any]:
+def _follow(
+    client: RegistryClient, request_id: int, *, timeout: float, quiet: bool
+) -> dict[str, Any]:
     def show(request: dict[str, Any]) -> None:
         if not quiet:
             worker = f" by {request['claimed_by']}" if request["claimed_by"] else ""
-            err_console.print(f"promotion {request_id}: {request['state']}{worker}",
-                              highlight=False)
+            err_console.print(
+                f"promotion {request_id}: {request['state']}{worker}", highlight=False
+            )
 
     with err_console.status(f"waiting for promotion {request_id}"):
         client.wait_for_promotion(request_id, timeout=timeout, on_update=show)
@@ -277,22 +454,63 @@ def _print_promotion(request: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         print_json(request)
         return
-    print_fields(request, ["id", "ref", "alias", "state", "datasets", "split",
-                           "current_version", "requested_by", "decided_by", "attempts", "error"])
+    print_fields(
+        request,
+        [
+            "id",
+            "ref",
+            "alias",
+            "state",
+            "datasets",
+            "split",
+            "current_version",
+            "requested_by",
+            "decided_by",
+            "attempts",
+            "error",
+        ],
+    )
     decision = request.get("decision")
     if decision:
         policy = decision["policy"]
-        console.print(f"[bold]gate[/bold] {policy['scope']}: metric {decision['metric']}, "
-                      f"min margin {policy['min_margin']}, max regression "
-                      f"{policy['max_regression']} -> "
-                      f"{'passed' if decision['passed'] else 'FAILED'}", highlight=False)
-        rows = [{**check, "passed": "yes" if check["passed"] else "NO"}
-                for check in decision["checks"]]
-        print_table(rows, ["name", "dataset", "metric", "candidate", "reference", "improvement",
-                           "required", "passed"], title="checks")
+        console.print(
+            f"[bold]gate[/bold] {policy['scope']}: metric {decision['metric']}, "
+            f"min margin {policy['min_margin']}, max regression "
+            f"{policy['max_regression']} -> "
+            f"{'passed' if decision['passed'] else 'FAILED'}",
+            highlight=False,
+        )
+        rows = [
+            {
+                **check,
+                **{key: _number(check[key]) for key in ("candidate", "reference", "improvement")},
+                "passed": "yes" if check["passed"] else "NO",
+            }
+            for check in decision["checks"]
+        ]
+        print_table(
+            rows,
+            [
+                "name",
+                "dataset",
+                "metric",
+                "candidate",
+                "reference",
+                "improvement",
+                "required",
+                "passed",
+            ],
+            title="checks",
+        )
     if request["state"] == "awaiting_approval":
-        click.echo(f"waiting for an approver other than {request['requested_by']!r}: "
-                   f"`adapterreg approve {request['id']}`")
+        click.echo(
+            f"waiting for an approver other than {request['requested_by']!r}: "
+            f"`adapterreg approve {request['id']}`"
+        )
+
+
+def _number(value: float | None) -> str | None:
+    return None if value is None else f"{value:.4f}"
 
 
 @click.command()
@@ -306,8 +524,10 @@ def approve(request_id: int, reason: str | None, as_json: bool) -> None:
     if as_json:
         print_json(result)
     elif result["state"] == "promoted":
-        click.echo(f"promotion {request_id} approved: {result['adapter']}@{result['alias']} -> "
-                   f"{result['version']}")
+        click.echo(
+            f"promotion {request_id} approved: {result['adapter']}@{result['alias']} -> "
+            f"{result['version']}"
+        )
     else:
         click.echo(f"promotion {request_id} is {result['state']}: {result['error']}")
 
@@ -338,8 +558,10 @@ def promotions(adapter: str | None, state: str | None, limit: int, as_json: bool
     if as_json:
         print_json({"items": items})
     else:
-        print_table(items, ["id", "ref", "alias", "state", "requested_by", "decided_by",
-                            "attempts", "updated_at"])
+        print_table(
+            items,
+            ["id", "ref", "alias", "state", "requested_by", "decided_by", "attempts", "updated_at"],
+        )
 
 
 @click.group()
@@ -359,8 +581,9 @@ def promotion_show(request_id: int, as_json: bool) -> None:
         return
     if request["evaluations"]:
         rows = [{**item, "subject": item["subject"]["ref"]} for item in request["evaluations"]]
-        print_table(rows, ["id", "subject", "dataset", "metrics", "sample_count"],
-                    title="evaluations")
+        print_table(
+            rows, ["id", "subject", "dataset", "metrics", "sample_count"], title="evaluations"
+        )
     print_table(request["events"], ["at", "actor", "action"], title="events")
 
 
@@ -370,22 +593,48 @@ def promotion_show(request_id: int, as_json: bool) -> None:
 @click.command()
 @click.option("--once", is_flag=True, help="Process at most one request, then exit.")
 @click.option("--name", help="Worker name (default: host-pid-random).")
-@click.option("--poll-interval", type=float, default=2.0, show_default=True,
-              help="Seconds between claims when no request waits.")
-@click.option("--lease-seconds", type=int, default=600, show_default=True,
-              help="Lease of a claim; renewed every third of it while evaluating.")
+@click.option(
+    "--poll-interval",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between claims when no request waits.",
+)
+@click.option(
+    "--lease-seconds",
+    type=int,
+    default=600,
+    show_default=True,
+    help="Lease of a claim; renewed every third of it while evaluating.",
+)
 @_eval_options
 @handle_errors
-def worker(once: bool, name: str | None, poll_interval: float, lease_seconds: int,
-           max_samples: int, max_length: int, batch_size: int) -> None:
+def worker(
+    once: bool,
+    name: str | None,
+    poll_interval: float,
+    lease_seconds: int,
+    max_samples: int,
+    max_length: int,
+    batch_size: int,
+) -> None:
     """Claim promotion requests, evaluate them and post the results, until interrupted."""
     from trainer.worker import run_worker
 
     settings = _eval_settings("test", max_samples, max_length, batch_size)
+    # SIGTERM (docker stop, systemd, kill) stops the worker like Ctrl-C, so a request
+    # being evaluated is handed back at once instead of after its lease.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        count = run_worker(_client(), name=name, once=once, poll_interval=poll_interval,
-                           lease_seconds=lease_seconds, settings=settings,
-                           stop=threading.Event())
+        count = run_worker(
+            _client(),
+            name=name,
+            once=once,
+            poll_interval=poll_interval,
+            lease_seconds=lease_seconds,
+            settings=settings,
+            stop=threading.Event(),
+        )
     except KeyboardInterrupt:
         click.echo("worker interrupted", err=True)
         return
@@ -403,27 +652,56 @@ def gate() -> None:
 @gate.command("set")
 @click.argument("name")
 @click.option("--alias", required=True, help="Alias the policy applies to ('*' for any).")
-@click.option("--metric", type=click.Choice(["accuracy", "macro_f1", "loss", "perplexity"]),
-              help="Primary metric (default: accuracy for seq-cls, loss for causal-lm).")
-@click.option("--min-margin", type=float, default=0.0, show_default=True,
-              help="Required improvement over the alias's current version, in metric units.")
-@click.option("--max-regression", type=float, default=0.0, show_default=True,
-              help="How far below the base model the candidate may fall, in metric units.")
-@click.option("--require-approval", is_flag=True,
-              help="Ask for an approval even on unprotected aliases.")
+@click.option(
+    "--metric",
+    type=click.Choice(["accuracy", "macro_f1", "loss", "perplexity"]),
+    help="Primary metric (default: accuracy for seq-cls, loss for causal-lm).",
+)
+@click.option(
+    "--min-margin",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Required improvement over the alias's current version, in metric units.",
+)
+@click.option(
+    "--max-regression",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="How far below the base model the candidate may fall, in metric units.",
+)
+@click.option(
+    "--require-approval", is_flag=True, help="Ask for an approval even on unprotected aliases."
+)
 @json_option
 @handle_errors
-def gate_set(name: str, alias: str, metric: str | None, min_margin: float,
-             max_regression: float, require_approval: bool, as_json: bool) -> None:
+def gate_set(
+    name: str,
+    alias: str,
+    metric: str | None,
+    min_margin: float,
+    max_regression: float,
+    require_approval: bool,
+    as_json: bool,
+) -> None:
     """Set the gate of adapter NAME ('*' for the global default) and --alias."""
-    result = _client().set_gate(name, alias, metric=metric, min_margin=min_margin,
-                                max_regression=max_regression, require_approval=require_approval)
+    result = _client().set_gate(
+        name,
+        alias,
+        metric=metric,
+        min_margin=min_margin,
+        max_regression=max_regression,
+        require_approval=require_approval,
+    )
     if as_json:
         print_json(result)
     else:
-        click.echo(f"gate {result['scope']}: metric {result['metric'] or 'task default'}, "
-                   f"min margin {min_margin}, max regression {max_regression}"
-                   f"{', approval required' if require_approval else ''}")
+        click.echo(
+            f"gate {result['scope']}: metric {result['metric'] or 'task default'}, "
+            f"min margin {min_margin}, max regression {max_regression}"
+            f"{', approval required' if require_approval else ''}"
+        )
 
 
 @gate.command("show")
@@ -437,8 +715,10 @@ def gate_show(name: str, alias: str, as_json: bool) -> None:
     if as_json:
         print_json(result)
     else:
-        print_fields(result, ["applies_to", "scope", "metric", "min_margin", "max_regression",
-                              "require_approval"])
+        print_fields(
+            result,
+            ["applies_to", "scope", "metric", "min_margin", "max_regression", "require_approval"],
+        )
 
 
 @gate.command("list")
@@ -449,8 +729,18 @@ def gate_list(as_json: bool) -> None:
     if as_json:
         print_json({"items": items})
     else:
-        print_table(items, ["scope", "metric", "min_margin", "max_regression",
-                            "require_approval", "updated_by", "updated_at"])
+        print_table(
+            items,
+            [
+                "scope",
+                "metric",
+                "min_margin",
+                "max_regression",
+                "require_approval",
+                "updated_by",
+                "updated_at",
+            ],
+        )
 
 
 # Webhooks
@@ -486,8 +776,18 @@ def webhook_deliveries(state: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         print_json({"items": items})
     else:
-        print_table(items, ["id", "event_id", "state", "attempts", "last_status",
-                            "next_attempt_at", "delivered_at"])
+        print_table(
+            items,
+            [
+                "id",
+                "event_id",
+                "state",
+                "attempts",
+                "last_status",
+                "next_attempt_at",
+                "delivered_at",
+            ],
+        )
 
 
 @webhook.command("delivery")
@@ -500,11 +800,28 @@ def webhook_delivery(delivery_id: int, as_json: bool) -> None:
     if as_json:
         print_json(result)
         return
-    print_fields(result, ["id", "event_id", "url", "state", "attempts", "last_status",
-                          "last_error", "delivered_at"])
-    print_table(result["attempt_log"], ["attempt", "at", "status_code", "error", "duration_ms"],
-                title="attempts")
+    print_fields(
+        result,
+        ["id", "event_id", "url", "state", "attempts", "last_status", "last_error", "delivered_at"],
+    )
+    print_table(
+        result["attempt_log"],
+        ["attempt", "at", "status_code", "error", "duration_ms"],
+        title="attempts",
+    )
 
 
-COMMANDS = [evaluate, evaluations, merge, merged_models, promote, approve, reject, promotions,
-            promotion, worker, gate, webhook]
+COMMANDS = [
+    evaluate,
+    evaluations,
+    merge,
+    merged_models,
+    promote,
+    approve,
+    reject,
+    promotions,
+    promotion,
+    worker,
+    gate,
+    webhook,
+]

@@ -38,10 +38,17 @@ class LifecycleClientMixin:
         settings: dict[str, Any],
     ) -> dict[str, Any] | None:
         """Return a stored base-model evaluation with exactly these inputs, or None."""
-        body = {"base_model": base_model, "dataset": dataset, "split": split,
-                "metrics": metrics, "baseline": baseline, "settings": settings}
-        result: dict[str, Any] | None = self._json("POST", "/evaluations/cached",
-                                                   json=body)["evaluation"]
+        body = {
+            "base_model": base_model,
+            "dataset": dataset,
+            "split": split,
+            "metrics": metrics,
+            "baseline": baseline,
+            "settings": settings,
+        }
+        result: dict[str, Any] | None = self._json("POST", "/evaluations/cached", json=body)[
+            "evaluation"
+        ]
         return result
 
     def list_evaluations(
@@ -52,10 +59,16 @@ class LifecycleClientMixin:
         promotion_request_id: int | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        params = {key: value for key, value in (
-            ("subject", subject), ("dataset", dataset),
-            ("promotion_request_id", promotion_request_id), ("limit", limit),
-        ) if value is not None}
+        params = {
+            key: value
+            for key, value in (
+                ("subject", subject),
+                ("dataset", dataset),
+                ("promotion_request_id", promotion_request_id),
+                ("limit", limit),
+            )
+            if value is not None
+        }
         result: list[dict[str, Any]] = self._json("GET", "/evaluations", params=params)["items"]
         return result
 
@@ -91,8 +104,12 @@ class LifecycleClientMixin:
         require_approval: bool = False,
     ) -> dict[str, Any]:
         """Set the gate of ``adapter`` and ``alias``; '*' for either applies to every name."""
-        body = {"metric": metric, "min_margin": min_margin, "max_regression": max_regression,
-                "require_approval": require_approval}
+        body = {
+            "metric": metric,
+            "min_margin": min_margin,
+            "max_regression": max_regression,
+            "require_approval": require_approval,
+        }
         result: dict[str, Any] = self._json("PUT", f"/gates/{adapter}/{alias}", json=body)
         return result
 
@@ -117,16 +134,24 @@ class LifecycleClientMixin:
         reason: str | None = None,
     ) -> dict[str, Any]:
         """Open a promotion of ``ref`` (name@version) to ``alias``."""
-        body = {"ref": ref, "alias": alias, "datasets": list(datasets), "split": split,
-                "reason": reason}
+        body = {
+            "ref": ref,
+            "alias": alias,
+            "datasets": list(datasets),
+            "split": split,
+            "reason": reason,
+        }
         result: dict[str, Any] = self._json("POST", "/promotions", json=body)
         return result
 
     def list_promotions(
         self, *, adapter: str | None = None, state: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
-        params = {key: value for key, value in (
-            ("adapter", adapter), ("state", state), ("limit", limit)) if value is not None}
+        params = {
+            key: value
+            for key, value in (("adapter", adapter), ("state", state), ("limit", limit))
+            if value is not None
+        }
         result: list[dict[str, Any]] = self._json("GET", "/promotions", params=params)["items"]
         return result
 
@@ -139,15 +164,17 @@ class LifecycleClientMixin:
     ) -> dict[str, Any] | None:
         """Claim the oldest claimable request (or ``request_id``); None when none waits."""
         body = {"worker": worker, "lease_seconds": lease_seconds, "request_id": request_id}
-        result: dict[str, Any] | None = self._json("POST", "/promotions/claim",
-                                                   json=body)["request"]
+        result: dict[str, Any] | None = self._json("POST", "/promotions/claim", json=body)[
+            "request"
+        ]
         return result
 
     def renew_promotion_lease(
         self, request_id: int, worker: str, *, lease_seconds: int = 600
     ) -> dict[str, Any]:
         result: dict[str, Any] = self._json(
-            "POST", f"/promotions/{request_id}/lease",
+            "POST",
+            f"/promotions/{request_id}/lease",
             json={"worker": worker, "lease_seconds": lease_seconds},
         )
         return result
@@ -156,7 +183,8 @@ class LifecycleClientMixin:
         self, request_id: int, worker: str, evaluation_ids: list[int]
     ) -> dict[str, Any]:
         result: dict[str, Any] = self._json(
-            "POST", f"/promotions/{request_id}/results",
+            "POST",
+            f"/promotions/{request_id}/results",
             json={"worker": worker, "evaluation_ids": evaluation_ids},
         )
         return result
@@ -165,7 +193,8 @@ class LifecycleClientMixin:
         self, request_id: int, worker: str, *, error: str, retry: bool = True
     ) -> dict[str, Any]:
         result: dict[str, Any] = self._json(
-            "POST", f"/promotions/{request_id}/fail",
+            "POST",
+            f"/promotions/{request_id}/fail",
             json={"worker": worker, "error": error, "retry": retry},
         )
         return result
@@ -223,11 +252,14 @@ class LifecycleClientMixin:
     def list_webhook_deliveries(
         self, *, event_id: int | None = None, state: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        params = {key: value for key, value in (
-            ("event_id", event_id), ("state", state), ("limit", limit)) if value is not None}
-        result: list[dict[str, Any]] = self._json(
-            "GET", "/webhooks/deliveries", params=params
-        )["items"]
+        params = {
+            key: value
+            for key, value in (("event_id", event_id), ("state", state), ("limit", limit))
+            if value is not None
+        }
+        result: list[dict[str, Any]] = self._json("GET", "/webhooks/deliveries", params=params)[
+            "items"
+        ]
         return result
 
     def get_webhook_delivery(self, delivery_id: int) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def verify_signature(body: bytes, header: str | None, secret: str) -> bool:
 
 @dataclass(frozen=True)
 class DeliveryOptions:
-    """How the deliverer sends and retries."""
+    """Send and retry settings of the deliverer."""
 
     # Seconds between polls of the outbox when there was nothing to send.
     poll_interval: float = 1.0
@@ -124,12 +124,23 @@ class WebhookDeliverer:
         retry = None if error is None else self.options.retry_delay(delivery.attempt)
         with session_scope(self._sessions) as session:
             state = webhooks.record_attempt(
-                session, delivery_id=delivery.id, attempt=delivery.attempt, status_code=status,
-                error=error, duration_ms=duration_ms, retry_in_seconds=retry,
+                session,
+                delivery_id=delivery.id,
+                attempt=delivery.attempt,
+                status_code=status,
+                error=error,
+                duration_ms=duration_ms,
+                retry_in_seconds=retry,
             )
         if error is not None and state == "pending":
-            log.warning("webhook delivery %s (event %s) attempt %d failed: %s; retry in %.1f s",
-                        delivery.id, delivery.event_id, delivery.attempt, error, retry)
+            log.warning(
+                "webhook delivery %s (event %s) attempt %d failed: %s; retry in %.1f s",
+                delivery.id,
+                delivery.event_id,
+                delivery.attempt,
+                error,
+                retry,
+            )
 
     def start(self) -> None:
         """Run passes in a daemon thread until ``stop``."""

@@ -1,7 +1,9 @@
 """Evaluate adapter versions, base models and merged models on registered datasets.
 
-Every subject sees the same examples: the first ``max_samples`` rows of the
-split, in file order, after the file's sha256 was checked against the record.
+Every subject is evaluated on the same examples: ``max_samples`` rows of the split
+drawn with a fixed seed (kept in file order), after the file's sha256 was checked
+against the record. A seeded draw rather than the first rows, because files are
+often sorted by label and their first rows would all share one.
 Metrics:
 
 - causal-lm: ``loss`` (mean cross-entropy per predicted token) and
@@ -24,6 +26,7 @@ falls below it has learnt less than the label names already say.
 from __future__ import annotations
 
 import logging
+import random
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -62,19 +65,24 @@ TASKS_BY_PEFT_TYPE = {"SEQ_CLS": "seq-cls", "CAUSAL_LM": "causal-lm"}
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """What every subject of one evaluation shares."""
+    """Settings shared by every subject of one evaluation."""
 
     split: str = "test"
-    # Rows of the split evaluated, from the start of the file; None for all of them.
+    # Rows of the split evaluated, drawn with sample_seed; None for all of them.
     max_samples: int | None = 500
+    sample_seed: int = 0
     # Tokens per example after truncation.
     max_length: int = 128
     # Examples per forward pass; does not change the numbers.
     batch_size: int = 32
 
     def key(self) -> dict[str, Any]:
-        """The settings that change the numbers, stored with each evaluation."""
-        return {"max_length": self.max_length, "max_samples": self.max_samples}
+        """Return the settings that change the numbers; each evaluation stores them."""
+        return {
+            "max_length": self.max_length,
+            "max_samples": self.max_samples,
+            "sample_seed": self.sample_seed,
+        }
 
 
 @dataclass
@@ -86,6 +94,14 @@ class EvalData:
     rows: list[dict[str, Any]]
     digest: str
     labels: list[str] | None = field(default=None)
+
+
+def sample_rows(rows: list[dict[str, Any]], count: int, *, seed: int) -> list[dict[str, Any]]:
+    """Return ``count`` rows drawn with ``seed``, in their file order; all rows if fewer."""
+    if len(rows) <= count:
+        return rows
+    picked = sorted(random.Random(seed).sample(range(len(rows)), count))
+    return [rows[index] for index in picked]
 
 
 def task_of(version: dict[str, Any]) -> str:
@@ -102,8 +118,9 @@ def task_of(version: dict[str, Any]) -> str:
 class Evaluator:
     """Evaluates subjects for one client, reading each dataset and base model once."""
 
-    def __init__(self, client: Any, settings: EvalSettings, *, cache_dir: Path | None = None
-                 ) -> None:
+    def __init__(
+        self, client: Any, settings: EvalSettings, *, cache_dir: Path | None = None
+    ) -> None:
         self.client = client
         self.settings = settings
         self.cache_dir = cache_dir or cache_home()
@@ -119,10 +136,11 @@ class Evaluator:
             verify_dataset_file(path, record)
             rows = read_split(path, record, split=self.settings.split)
             if self.settings.max_samples is not None:
-                rows = rows[: self.settings.max_samples]
+                rows = sample_rows(rows, self.settings.max_samples, seed=self.settings.sample_seed)
             labels = label_names(record) if record.get("label_set") else None
-            self._data[ref] = EvalData(ref=ref, record=record, rows=rows,
-                                       digest=record_digest(record), labels=labels)
+            self._data[ref] = EvalData(
+                ref=ref, record=record, rows=rows, digest=record_digest(record), labels=labels
+            )
         return self._data[ref]
 
     def base_dir(self, name: str) -> Path:
@@ -144,8 +162,13 @@ class Evaluator:
             loaded = load_base_model(directory, task=task, labels=_labels_for(task, data))
             model = PeftModel.from_pretrained(loaded.model, adapter_dir)
             metrics = self._run(model, loaded.tokenizer, task, data)
-        return self._record({"type": "adapter_version", "ref": version["ref"]}, task, data,
-                            metrics, promotion_request_id=promotion_request_id)
+        return self._record(
+            {"type": "adapter_version", "ref": version["ref"]},
+            task,
+            data,
+            metrics,
+            promotion_request_id=promotion_request_id,
+        )
 
     def evaluate_base(
         self, name: str, task: str, data: EvalData, *, promotion_request_id: int | None = None
@@ -153,8 +176,12 @@ class Evaluator:
         """Return the base model's evaluation on ``data`` and whether it came from the cache."""
         baseline = ZERO_SHOT_BASELINE if task == "seq-cls" else None
         cached = self.client.find_cached_evaluation(
-            base_model=name, dataset=data.ref, split=self.settings.split,
-            metrics=BASELINE_METRICS[task], baseline=baseline, settings=self.settings.key(),
+            base_model=name,
+            dataset=data.ref,
+            split=self.settings.split,
+            metrics=BASELINE_METRICS[task],
+            baseline=baseline,
+            settings=self.settings.key(),
         )
         if cached is not None:
             log.info("base model %s on %s: cached evaluation %s", name, data.ref, cached["id"])
@@ -165,8 +192,14 @@ class Evaluator:
         else:
             loaded = load_base_model(directory, task=task)
             metrics = self._run(loaded.model, loaded.tokenizer, task, data)
-        record = self._record({"type": "base_model", "ref": name}, task, data, metrics,
-                              baseline=baseline, promotion_request_id=promotion_request_id)
+        record = self._record(
+            {"type": "base_model", "ref": name},
+            task,
+            data,
+            metrics,
+            baseline=baseline,
+            promotion_request_id=promotion_request_id,
+        )
         return record, False
 
     def evaluate_merged(self, name: str, task: str, data: EvalData) -> dict[str, Any]:
@@ -185,11 +218,24 @@ class Evaluator:
     def _run(self, model: Any, tokenizer: Any, task: str, data: EvalData) -> dict[str, float]:
         examples = encode_examples(data, tokenizer, task=task, max_length=self.settings.max_length)
         pad = tokenizer.pad_token_id
+        device = eval_device()
+        model.to(device)
         if task == "seq-cls":
-            return classification_metrics(model, examples, batch_size=self.settings.batch_size,
-                                          pad_token_id=pad, num_labels=len(data.labels or []))
-        return evaluate_examples(model, examples, task=task, batch_size=self.settings.batch_size,
-                                 pad_token_id=pad, device=torch.device("cpu"))
+            return classification_metrics(
+                model,
+                examples,
+                batch_size=self.settings.batch_size,
+                pad_token_id=pad,
+                device=device,
+            )
+        return evaluate_examples(
+            model,
+            examples,
+            task=task,
+            batch_size=self.settings.batch_size,
+            pad_token_id=pad,
+            device=device,
+        )
 
     def _record(
         self,
@@ -201,14 +247,28 @@ class Evaluator:
         baseline: str | None = None,
         promotion_request_id: int | None = None,
     ) -> dict[str, Any]:
-        result: dict[str, Any] = self.client.record_evaluation({
-            "subject": subject, "dataset": data.ref, "dataset_digest": data.digest,
-            "split": self.settings.split, "task": task, "metrics": metrics,
-            "sample_count": len(data.rows), "baseline": baseline,
-            "settings": self.settings.key(), "promotion_request_id": promotion_request_id,
-        })
+        result: dict[str, Any] = self.client.record_evaluation(
+            {
+                "subject": subject,
+                "dataset": data.ref,
+                "dataset_digest": data.digest,
+                "split": self.settings.split,
+                "task": task,
+                "metrics": metrics,
+                "sample_count": len(data.rows),
+                "baseline": baseline,
+                "settings": self.settings.key(),
+                "promotion_request_id": promotion_request_id,
+            }
+        )
         log.info("evaluation %s of %s on %s: %s", result["id"], subject["ref"], data.ref, metrics)
         return result
+
+
+def eval_device() -> torch.device:
+    """Return the first CUDA device when there is one, else the CPU."""
+    # NOTE: the tests run on CPU only; the CUDA path is the standard .to(device).
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _labels_for(task: str, data: EvalData) -> list[str] | None:
@@ -230,17 +290,22 @@ def pulled_adapter(client: Any, ref: str) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def encode_examples(data: EvalData, tokenizer: Any, *, task: str, max_length: int
-                    ) -> list[Example]:
+def encode_examples(data: EvalData, tokenizer: Any, *, task: str, max_length: int) -> list[Example]:
     if task == "seq-cls":
-        return encode_classification(data.rows, tokenizer, labels=_labels_for(task, data) or [],
-                                     max_length=max_length)
+        return encode_classification(
+            data.rows, tokenizer, labels=_labels_for(task, data) or [], max_length=max_length
+        )
     return encode_causal_lm(data.rows, tokenizer, max_length=max_length)
 
 
 @torch.no_grad()
 def classification_metrics(
-    model: Any, examples: list[Example], *, batch_size: int, pad_token_id: int, num_labels: int
+    model: Any,
+    examples: list[Example],
+    *,
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
 ) -> dict[str, float]:
     """Return accuracy, macro_f1 and loss (mean cross-entropy per example) of a classifier."""
     model.eval()
@@ -249,9 +314,11 @@ def classification_metrics(
     gold: list[int] = []
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size], pad_token_id=pad_token_id)
+        batch = {key: value.to(device) for key, value in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss_sum += float(torch.nn.functional.cross_entropy(
-            logits.float(), batch["labels"], reduction="sum"))
+        loss_sum += float(
+            torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+        )
         predictions += logits.argmax(dim=-1).tolist()
         gold += batch["labels"].tolist()
     return {**label_metrics(predictions, gold), "loss": loss_sum / len(gold)}
@@ -260,8 +327,9 @@ def classification_metrics(
 def label_metrics(predictions: list[int], gold: list[int]) -> dict[str, float]:
     """Return accuracy and macro-F1 over the labels present in ``gold`` or ``predictions``."""
     if not gold or len(predictions) != len(gold):
-        raise InvalidInput(f"need as many predictions as gold labels, got "
-                           f"{len(predictions)} and {len(gold)}")
+        raise InvalidInput(
+            f"need as many predictions as gold labels, got {len(predictions)} and {len(gold)}"
+        )
     correct = sum(p == g for p, g in zip(predictions, gold, strict=True))
     scores = []
     for label in sorted(set(gold) | set(predictions)):
@@ -274,49 +342,63 @@ def label_metrics(predictions: list[int], gold: list[int]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def zero_shot_metrics(directory: Path, data: EvalData, *, settings: EvalSettings
-                      ) -> dict[str, float]:
+def zero_shot_metrics(
+    directory: Path, data: EvalData, *, settings: EvalSettings
+) -> dict[str, float]:
     """Classify by cosine similarity between text and label-name embeddings of the base."""
     labels = _labels_for("seq-cls", data) or []
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    encoder = AutoModel.from_pretrained(directory)
-    encoder.eval()
+    # Encoding checks every row's text and label the way the adapter's evaluation does.
+    examples = encode_classification(
+        data.rows, tokenizer, labels=labels, max_length=settings.max_length
+    )
+    gold = [example.labels for example in examples if isinstance(example.labels, int)]
+    encoder = AutoModel.from_pretrained(directory).to(eval_device()).eval()
     label_vectors = _embed(encoder, tokenizer, labels, settings=settings)
-    texts = [str(row.get("text", "")) for row in data.rows]
+    texts = [str(row["text"]) for row in data.rows]
     text_vectors = _embed(encoder, tokenizer, texts, settings=settings)
     similarity = text_vectors @ label_vectors.T
     predictions = similarity.argmax(dim=-1).tolist()
-    index = {label: number for number, label in enumerate(labels)}
-    gold = [index[str(row.get("label"))] for row in data.rows]
     return label_metrics(predictions, gold)
 
 
-def _embed(encoder: Any, tokenizer: Any, texts: list[str], *, settings: EvalSettings
-           ) -> torch.Tensor:
+def _embed(
+    encoder: Any, tokenizer: Any, texts: list[str], *, settings: EvalSettings
+) -> torch.Tensor:
     """Return L2-normalised mean-pooled last hidden states, one row per text."""
     vectors = []
     for start in range(0, len(texts), settings.batch_size):
-        batch = tokenizer(texts[start : start + settings.batch_size], padding=True,
-                          truncation=True, max_length=settings.max_length, return_tensors="pt")
-        hidden = encoder(input_ids=batch["input_ids"],
-                         attention_mask=batch["attention_mask"]).last_hidden_state
+        batch = tokenizer(
+            texts[start : start + settings.batch_size],
+            padding=True,
+            truncation=True,
+            max_length=settings.max_length,
+            return_tensors="pt",
+        ).to(eval_device())
+        hidden = encoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        vectors.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+        vectors.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu())
     return torch.cat(vectors)
 
 
 @dataclass(frozen=True)
 class EvaluationReport:
-    """What `adapterreg evaluate` shows: both evaluations and how the base was run."""
+    """Result of `adapterreg evaluate`: both evaluations and how the base was run."""
 
     adapter: dict[str, Any]
     base: dict[str, Any]
     base_cached: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"adapter": self.adapter, "base": self.base, "base_cached": self.base_cached,
-                "baseline": self.base.get("baseline")}
+        return {
+            "adapter": self.adapter,
+            "base": self.base,
+            "base_cached": self.base_cached,
+            "baseline": self.base.get("baseline"),
+        }
 
 
 def evaluate_adapter(

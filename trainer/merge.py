@@ -1,11 +1,11 @@
 """Merge adapters: into their base weights, or several LoRA versions into one.
 
 ``merge_into_base`` folds one version into the base with peft's
-``merge_and_unload``, checks on sample inputs that the merged model gives the
-outputs of adapter-on-base (max absolute difference of the logits, in float32,
-after rounding the weights to the target dtype), refuses the merge above the
-tolerance, writes safetensors shards of at most ``max_shard_size`` and records a
-MergedModel with its lineage.
+``merge_and_unload``. On seeded sample inputs it compares the merged model's
+logits with those of adapter-on-base: the max absolute difference, in float32,
+after rounding the merged weights to the target dtype. Above the tolerance the
+merge is rejected; otherwise it writes safetensors shards of at most
+``max_shard_size`` and records a MergedModel with its lineage.
 
 ``combine_adapters`` mixes LoRA versions with ``add_weighted_adapter`` (linear,
 cat, ties, dare_linear, dare_ties) and pushes the result as a new adapter
@@ -83,8 +83,9 @@ def merge_into_base(
     task = task_of(version)
     base_dir = _base_dir(client, version["base_model"]["name"])
     with pulled_adapter(client, version["ref"]) as adapter_dir:
-        loaded = load_base_model(base_dir, task=task,
-                                 labels=_labels(client, version, adapter_dir, task))
+        loaded = load_base_model(
+            base_dir, task=task, labels=_labels(client, version, adapter_dir, task)
+        )
         model = PeftModel.from_pretrained(loaded.model, adapter_dir).eval()
         inputs = sample_inputs(model.config.vocab_size, seed=options.seed)
         expected = _logits(model, inputs)
@@ -96,13 +97,28 @@ def merge_into_base(
             f"tolerance {tolerance:.3g} for {options.dtype}; nothing was written (raise "
             "--tolerance only if this difference is acceptable)"
         )
-    files = _save(merged.to(TORCH_DTYPES[options.dtype]), loaded.tokenizer, out_dir,
-                  max_shard_size=options.max_shard_size)
-    log.info("merged %s into %s: max |difference| %.3g, %d files", version["ref"], out_dir,
-             difference, len(files))
-    result: dict[str, Any] = {"ref": version["ref"], "path": str(out_dir), "dtype": options.dtype,
-                              "max_abs_diff": difference, "tolerance": tolerance,
-                              "files": [entry.to_dict() for entry in files], "registered": None}
+    files = _save(
+        merged.to(TORCH_DTYPES[options.dtype]),
+        loaded.tokenizer,
+        out_dir,
+        max_shard_size=options.max_shard_size,
+    )
+    log.info(
+        "merged %s into %s: max |difference| %.3g, %d files",
+        version["ref"],
+        out_dir,
+        difference,
+        len(files),
+    )
+    result: dict[str, Any] = {
+        "ref": version["ref"],
+        "path": str(out_dir),
+        "dtype": options.dtype,
+        "max_abs_diff": difference,
+        "tolerance": tolerance,
+        "files": [entry.to_dict() for entry in files],
+        "registered": None,
+    }
     if register:
         result["registered"] = _register(client, register, version, result, files, options)
     return result
@@ -143,8 +159,7 @@ def _base_dir(client: Any, name: str) -> Path:
     return directory
 
 
-def _labels(client: Any, version: dict[str, Any], adapter_dir: Path, task: str
-            ) -> list[str] | None:
+def _labels(client: Any, version: dict[str, Any], adapter_dir: Path, task: str) -> list[str] | None:
     """Label names for a seq-cls head: from the version's dataset, else generic ones."""
     if task != "seq-cls":
         return None
@@ -152,11 +167,13 @@ def _labels(client: Any, version: dict[str, Any], adapter_dir: Path, task: str
         record = client.get_dataset(*parse_dataset_ref(f"{item['name']}@{item['version']}"))
         if record.get("label_set"):
             return label_names(record)
-    header = read_header_from_file(adapter_dir / "adapter_model.safetensors",
-                                   max_header_bytes=16 * 1024 * 1024)
+    header = read_header_from_file(
+        adapter_dir / "adapter_model.safetensors", max_header_bytes=16 * 1024 * 1024
+    )
     for key, tensor in header.tensors.items():
         if key.endswith(("classifier.weight", "score.weight")) or (
-            "modules_to_save" in key and key.endswith(".weight")
+            "modules_to_save" in key
+            and key.endswith(".weight")
             and ("classifier" in key or "score" in key)
         ):
             return [f"LABEL_{index}" for index in range(tensor.shape[0])]
@@ -178,15 +195,17 @@ def _logits(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**inputs).logits.float()
 
 
-def max_abs_difference(merged: Any, inputs: dict[str, torch.Tensor], expected: torch.Tensor,
-                       *, dtype: str) -> float:
+def max_abs_difference(
+    merged: Any, inputs: dict[str, torch.Tensor], expected: torch.Tensor, *, dtype: str
+) -> float:
     """Max |logits| difference after rounding the merged weights to ``dtype``, run in float32."""
     rounded = merged.to(TORCH_DTYPES[dtype]).float().eval()
     return float((_logits(rounded, inputs) - expected).abs().max())
 
 
-def _save(model: Any, tokenizer: Any, out_dir: Path, *, max_shard_size: str | int
-          ) -> list[FileEntry]:
+def _save(
+    model: Any, tokenizer: Any, out_dir: Path, *, max_shard_size: str | int
+) -> list[FileEntry]:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out_dir)
@@ -199,28 +218,40 @@ def directory_entries(directory: Path) -> list[FileEntry]:
     for path in sorted(directory.rglob("*")):
         if path.is_file():
             digest, size = file_digest(path)
-            entries.append(FileEntry(path=path.relative_to(directory).as_posix(), size=size,
-                                     digest=digest))
+            entries.append(
+                FileEntry(path=path.relative_to(directory).as_posix(), size=size, digest=digest)
+            )
     return entries
 
 
-def _register(client: Any, name: str, version: dict[str, Any], result: dict[str, Any],
-              files: list[FileEntry], options: MergeOptions) -> dict[str, Any]:
+def _register(
+    client: Any,
+    name: str,
+    version: dict[str, Any],
+    result: dict[str, Any],
+    files: list[FileEntry],
+    options: MergeOptions,
+) -> dict[str, Any]:
     if options.upload:
         client.upload_files(Path(result["path"]), files)
-    record: dict[str, Any] = client.register_merged_model({
-        "name": name,
-        "parents": [{"ref": version["ref"], "weight": 1.0}],
-        "method": MERGE_AND_UNLOAD,
-        "dtype": options.dtype,
-        "max_abs_diff": result["max_abs_diff"],
-        "tolerance": result["tolerance"],
-        "files": [entry.to_dict() for entry in files],
-        "uploaded": options.upload,
-        "details": {"path": str(Path(result["path"]).resolve()),
-                    "max_shard_size": str(options.max_shard_size),
-                    "sample_shape": list(SAMPLE_SHAPE), "seed": options.seed},
-    })
+    record: dict[str, Any] = client.register_merged_model(
+        {
+            "name": name,
+            "parents": [{"ref": version["ref"], "weight": 1.0}],
+            "method": MERGE_AND_UNLOAD,
+            "dtype": options.dtype,
+            "max_abs_diff": result["max_abs_diff"],
+            "tolerance": result["tolerance"],
+            "files": [entry.to_dict() for entry in files],
+            "uploaded": options.upload,
+            "details": {
+                "path": str(Path(result["path"]).resolve()),
+                "max_shard_size": str(options.max_shard_size),
+                "sample_shape": list(SAMPLE_SHAPE),
+                "seed": options.seed,
+            },
+        }
+    )
     return record
 
 
@@ -248,47 +279,70 @@ def combine_adapters(
     that needs equal ones, or classification heads that cannot be averaged.
     """
     versions = [client.get_version(ref) for ref in refs]
-    check_combination(versions, combination=options.method, weights=list(options.weights),
-                      density=options.density)
+    check_combination(
+        versions, combination=options.method, weights=list(options.weights), density=options.density
+    )
     base_name = versions[0]["base_model"]["name"]
     base_dir = _base_dir(client, base_name)
     with tempfile.TemporaryDirectory(prefix="adapterreg-combine-") as scratch:
-        combined_dir = _combine(client, versions, base_dir, Path(scratch), options=options,
-                                base_name=base_name)
-        datasets = sorted({f"{d['name']}@{d['version']}" for v in versions
-                           for d in v.get("datasets") or []})
+        combined_dir = _combine(
+            client, versions, base_dir, Path(scratch), options=options, base_name=base_name
+        )
+        datasets = sorted(
+            {f"{d['name']}@{d['version']}" for v in versions for d in v.get("datasets") or []}
+        )
         pushed: dict[str, Any] = client.push(
-            adapter, combined_dir, base_model=base_name, datasets=datasets,
-            parents=[{"ref": v["ref"], "relation": "merge", "weight": w}
-                     for v, w in zip(versions, options.weights, strict=True)],
+            adapter,
+            combined_dir,
+            base_model=base_name,
+            datasets=datasets,
+            parents=[
+                {"ref": v["ref"], "relation": "merge", "weight": w}
+                for v, w in zip(versions, options.weights, strict=True)
+            ],
             tags={"merge_method": options.method},
-            description=options.description or
-            f"{options.method} merge of {', '.join(v['ref'] for v in versions)}",
+            description=options.description
+            or f"{options.method} merge of {', '.join(v['ref'] for v in versions)}",
         )
     log.info("combined %s with %s into %s@%s", refs, options.method, adapter, pushed["version"])
     return pushed
 
 
-def _combine(client: Any, versions: list[dict[str, Any]], base_dir: Path, scratch: Path,
-             *, options: CombineOptions, base_name: str) -> Path:
+def _combine(
+    client: Any,
+    versions: list[dict[str, Any]],
+    base_dir: Path,
+    scratch: Path,
+    *,
+    options: CombineOptions,
+    base_name: str,
+) -> Path:
     task = task_of(versions[0])
     names = [f"parent{index}" for index in range(len(versions))]
     with ExitStack() as stack:
         directories = [stack.enter_context(pulled_adapter(client, v["ref"])) for v in versions]
-        loaded = load_base_model(base_dir, task=task,
-                                 labels=_labels(client, versions[0], directories[0], task))
+        loaded = load_base_model(
+            base_dir, task=task, labels=_labels(client, versions[0], directories[0], task)
+        )
         model = PeftModel.from_pretrained(loaded.model, directories[0], adapter_name=names[0])
         for name, directory in zip(names[1:], directories[1:], strict=True):
             model.load_adapter(directory, adapter_name=name)
         torch.manual_seed(options.seed)
-        model.add_weighted_adapter(names, list(options.weights), adapter_name=MERGED_ADAPTER,
-                                   combination_type=options.method, density=options.density)
+        model.add_weighted_adapter(
+            names,
+            list(options.weights),
+            adapter_name=MERGED_ADAPTER,
+            combination_type=options.method,
+            density=options.density,
+        )
         model.set_adapter(MERGED_ADAPTER)
         for name in names:
             model.delete_adapter(name)
         # The registry name, not a local path, so the files do not depend on this machine.
         model.peft_config[MERGED_ADAPTER].base_model_name_or_path = base_name
-        model.save_pretrained(scratch / "saved")
+        # No embedding check: it looks the base name up on the Hugging Face Hub, and
+        # add_weighted_adapter never resizes the vocabulary.
+        model.save_pretrained(str(scratch / "saved"), save_embedding_layers=False)
     # PEFT writes an adapter that is not named "default" into a subdirectory of its name.
     saved = scratch / "saved" / MERGED_ADAPTER
     result = scratch / "adapter"

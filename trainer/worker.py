@@ -7,9 +7,9 @@ thread renews its lease every third of the lease, so only a dead or hung
 worker loses its request to another.
 
 For every dataset of a request the worker evaluates the candidate, the
-alias's current version (when there is one) and the bare base model (cached
-across requests), then posts the evaluation ids; the registry applies the
-gate.
+alias's current version (when there is one) and the bare base model, whose
+results are cached across requests. It then posts the evaluation ids, and the
+registry applies the gate.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from trainer.evaluate import EvalSettings, Evaluator, task_of
 log = logging.getLogger(__name__)
 
 # Errors that the same request would hit again on any worker: fail it at once.
-PERMANENT_ERRORS = (errors.InvalidInput, errors.NotFound, errors.IntegrityError)
+# NotFound is retried, because another worker may have the base model's files.
+PERMANENT_ERRORS = (errors.InvalidInput, errors.IntegrityError)
 
 
 def default_worker_name() -> str:
@@ -56,10 +57,11 @@ def run_worker(
     processed = 0
     log.info("worker %s started", name)
     while not stop.is_set():
-        claim = client.claim_promotion(name, lease_seconds=lease_seconds, request_id=request_id)
+        claim = _claim_next(client, name, lease_seconds=lease_seconds, request_id=request_id)
         if claim is not None:
-            process_claim(client, claim, worker=name, settings=settings,
-                          lease_seconds=lease_seconds)
+            process_claim(
+                client, claim, worker=name, settings=settings, lease_seconds=lease_seconds
+            )
             processed += 1
         if once:
             break
@@ -69,31 +71,94 @@ def run_worker(
     return processed
 
 
+def _claim_next(
+    client: Any, worker: str, *, lease_seconds: int, request_id: int | None
+) -> dict[str, Any] | None:
+    """Claim a request, or return None when none waits or the registry cannot be reached."""
+    try:
+        claim: dict[str, Any] | None = client.claim_promotion(
+            worker, lease_seconds=lease_seconds, request_id=request_id
+        )
+    except errors.ServiceUnavailable as error:
+        # A long-running worker outlives registry restarts because it polls again later.
+        log.warning("worker %s could not claim a request: %s", worker, error.detail)
+        return None
+    return claim
+
+
 def process_claim(
     client: Any, claim: dict[str, Any], *, worker: str, settings: EvalSettings, lease_seconds: int
-) -> dict[str, Any]:
-    """Evaluate one claimed request and post the results (or the error); return the request."""
+) -> dict[str, Any] | None:
+    """Evaluate one claimed request and post the results (or the error).
+
+    Returns the request as the registry left it, or None when the registry did
+    not accept the report (see ``_report``).
+    """
     request_id = claim["id"]
-    log.info("worker %s evaluating promotion %s: %s -> %s on %s", worker, request_id,
-             claim["candidate"], claim["alias"], claim["datasets"])
+    log.info(
+        "worker %s evaluating promotion %s: %s -> %s on %s",
+        worker,
+        request_id,
+        claim["candidate"],
+        claim["alias"],
+        claim["datasets"],
+    )
     try:
         with LeaseKeeper(client, request_id, worker, lease_seconds=lease_seconds):
             evaluation_ids = evaluate_claim(client, claim, settings=settings)
     except KeyboardInterrupt:
-        client.fail_promotion(request_id, worker, error="worker interrupted", retry=True)
+        # Hand the request back now rather than when the lease runs out.
+        _report(client.fail_promotion, request_id, worker, error="worker interrupted", retry=True)
         raise
     except Exception as error:
         # Any failure is reported, so the request is retried or failed instead of
         # waiting for the lease to run out.
         log.exception("worker %s: promotion %s failed", worker, request_id)
         detail = error.detail if isinstance(error, errors.RegistryError) else str(error)
-        return dict(client.fail_promotion(
-            request_id, worker, error=f"{type(error).__name__}: {detail}",
+        return _report(
+            client.fail_promotion,
+            request_id,
+            worker,
+            error=f"{type(error).__name__}: {detail}",
             retry=not isinstance(error, PERMANENT_ERRORS),
-        ))
-    result: dict[str, Any] = client.submit_promotion_results(request_id, worker, evaluation_ids)
-    log.info("worker %s: promotion %s is now %s", worker, request_id, result["state"])
+        )
+    try:
+        result = _report(client.submit_promotion_results, request_id, worker, evaluation_ids)
+    except errors.InvalidInput as error:
+        # The registry rejected these evaluations; the same worker code would send
+        # the same ones again, so the request fails instead of being retried.
+        log.error("worker %s: promotion %s results rejected: %s", worker, request_id, error.detail)
+        return _report(
+            client.fail_promotion,
+            request_id,
+            worker,
+            error=f"results rejected: {error.detail}",
+            retry=False,
+        )
+    if result is not None:
+        log.info("worker %s: promotion %s is now %s", worker, request_id, result["state"])
     return result
+
+
+def _report(
+    send: Any, request_id: int, worker: str, *args: Any, **kwargs: Any
+) -> dict[str, Any] | None:
+    """Post a result or an error and return the request, or None on a lost claim or outage.
+
+    Conflict means another worker claimed the request after this one's lease ran
+    out; its report counts instead. When the registry is unreachable, the lease
+    runs out and another worker claims the request again. Neither ends the worker.
+    """
+    try:
+        return dict(send(request_id, worker, *args, **kwargs))
+    except (errors.Conflict, errors.ServiceUnavailable) as error:
+        log.warning(
+            "worker %s: the report on promotion %s was not accepted: %s",
+            worker,
+            request_id,
+            error.detail,
+        )
+        return None
 
 
 def evaluate_claim(client: Any, claim: dict[str, Any], *, settings: EvalSettings) -> list[int]:
@@ -108,10 +173,12 @@ def evaluate_claim(client: Any, claim: dict[str, Any], *, settings: EvalSettings
         data = evaluator.dataset(ref)
         for version in (candidate, current):
             if version is not None:
-                ids.append(evaluator.evaluate_version(
-                    version, data, promotion_request_id=request_id)["id"])
-        base, _cached = evaluator.evaluate_base(candidate["base_model"]["name"], task, data,
-                                                promotion_request_id=request_id)
+                ids.append(
+                    evaluator.evaluate_version(version, data, promotion_request_id=request_id)["id"]
+                )
+        base, _cached = evaluator.evaluate_base(
+            candidate["base_model"]["name"], task, data, promotion_request_id=request_id
+        )
         ids.append(base["id"])
     return ids
 
@@ -125,15 +192,18 @@ class LeaseKeeper:
         self._worker = worker
         self._lease_seconds = lease_seconds
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name=f"lease-{request_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{request_id}", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
 
@@ -142,14 +212,20 @@ class LeaseKeeper:
         next_renewal = time.monotonic() + interval
         while not self._stop.wait(max(next_renewal - time.monotonic(), 0.0)):
             try:
-                self._client.renew_promotion_lease(self._request_id, self._worker,
-                                                   lease_seconds=self._lease_seconds)
+                self._client.renew_promotion_lease(
+                    self._request_id, self._worker, lease_seconds=self._lease_seconds
+                )
             except errors.Conflict as error:
                 # Another worker owns the request now; its result will count, ours not.
-                log.warning("worker %s lost promotion %s: %s", self._worker, self._request_id,
-                            error.detail)
+                log.warning(
+                    "worker %s lost promotion %s: %s", self._worker, self._request_id, error.detail
+                )
                 return
             except errors.RegistryError as error:
-                log.warning("worker %s could not renew the lease of promotion %s: %s",
-                            self._worker, self._request_id, error.detail)
+                log.warning(
+                    "worker %s could not renew the lease of promotion %s: %s",
+                    self._worker,
+                    self._request_id,
+                    error.detail,
+                )
             next_renewal = time.monotonic() + interval

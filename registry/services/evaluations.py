@@ -3,7 +3,7 @@
 Base-model evaluations are cached. Their ``cache_key`` is a sha256 over the base
 fingerprint, the dataset digest, the split, the sorted metric names, the
 baseline and the settings that change the numbers (max_length, max_samples), so
-an evaluator asks for a cached result before running the base model again.
+an evaluator looks up a cached result before running the base model again.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from registry.db.models import (
     DatasetVersion,
     Evaluation,
     MergedModel,
+    PromotionRequest,
 )
 from registry.errors import InvalidInput, NotFound
 from registry.services.actors import Actor
@@ -33,7 +34,7 @@ from registry.services.base_models import get_base_model_row
 from registry.services.datasets import get_dataset_row
 from registry.services.gates import TASK_METRICS
 from registry.services.merges import get_merged_model_row
-from registry.services.names import parse_dataset_reference, parse_reference
+from registry.services.names import check_name, parse_dataset_reference, parse_reference
 from registry.services.versions import get_version_row
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ SUBJECT_TYPES = ("base_model", "adapter_version", "merged_model")
 MAX_METRICS = 32
 MAX_LIST = 500
 _METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_BASELINE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 def record_evaluation(session: Session, actor: Actor, spec: dict[str, Any]) -> dict[str, Any]:
@@ -68,22 +70,34 @@ def record_evaluation(session: Session, actor: Actor, spec: dict[str, Any]) -> d
         task=task,
         metrics=metrics,
         sample_count=_check_count(spec.get("sample_count")),
-        baseline=spec.get("baseline"),
+        baseline=_check_baseline(spec.get("baseline")),
         settings=settings,
-        promotion_request_id=spec.get("promotion_request_id"),
+        promotion_request_id=_check_promotion(session, spec.get("promotion_request_id")),
         created_by=actor.name,
     )
     if subject["type"] == "base_model":
         row.cache_key = base_cache_key(
-            fingerprint=subject["fingerprint"], dataset_digest=dataset.digest, split=row.split,
-            metrics=sorted(metrics), baseline=row.baseline, settings=settings,
+            fingerprint=subject["fingerprint"],
+            dataset_digest=dataset.digest,
+            split=row.split,
+            metrics=sorted(metrics),
+            baseline=row.baseline,
+            settings=settings,
         )
     session.add(row)
     session.flush()
     record_event(
-        session, actor, "evaluation.recorded", entity_type="evaluation", entity_id=str(row.id),
-        details={"subject": subject["ref"], "dataset": f"{dataset.name}@{dataset.version}",
-                 "split": row.split, "metrics": metrics},
+        session,
+        actor,
+        "evaluation.recorded",
+        entity_type="evaluation",
+        entity_id=str(row.id),
+        details={
+            "subject": subject["ref"],
+            "dataset": f"{dataset.name}@{dataset.version}",
+            "split": row.split,
+            "metrics": metrics,
+        },
     )
     return evaluation_dict(session, row)
 
@@ -96,15 +110,27 @@ def _resolve_subject(session: Session, subject: Any) -> dict[str, Any]:
     ref = str(subject.get("ref", ""))
     if subject["type"] == "base_model":
         base = get_base_model_row(session, ref)
-        return {"type": "base_model", "ref": base.name, "base_model_id": base.id,
-                "fingerprint": base.fingerprint}
+        return {
+            "type": "base_model",
+            "ref": base.name,
+            "base_model_id": base.id,
+            "fingerprint": base.fingerprint,
+        }
     if subject["type"] == "adapter_version":
         version = get_version_row(session, parse_reference(ref))
-        return {"type": "adapter_version", "ref": _version_ref(session, version.id),
-                "base_model_id": version.base_model_id, "version_id": version.id}
+        return {
+            "type": "adapter_version",
+            "ref": _version_ref(session, version.id),
+            "base_model_id": version.base_model_id,
+            "version_id": version.id,
+        }
     merged = get_merged_model_row(session, ref)
-    return {"type": "merged_model", "ref": merged.name, "base_model_id": merged.base_model_id,
-            "merged_model_id": merged.id}
+    return {
+        "type": "merged_model",
+        "ref": merged.name,
+        "base_model_id": merged.base_model_id,
+        "merged_model_id": merged.id,
+    }
 
 
 def _check_digest(dataset: DatasetVersion, digest: Any) -> None:
@@ -122,9 +148,26 @@ def _check_task(task: Any) -> str:
     return str(task)
 
 
+def _check_baseline(baseline: Any) -> str | None:
+    if baseline is None:
+        return None
+    if not isinstance(baseline, str) or not _BASELINE.match(baseline):
+        raise InvalidInput(
+            f"invalid baseline {baseline!r}: use 1-64 lowercase letters, digits or '-'"
+        )
+    return baseline
+
+
+def _check_promotion(session: Session, request_id: Any) -> int | None:
+    if request_id is None:
+        return None
+    if session.get(PromotionRequest, request_id) is None:
+        raise NotFound(f"promotion request {request_id!r} not found")
+    return int(request_id)
+
+
 def _check_split(dataset: DatasetVersion, split: Any) -> str:
-    if not isinstance(split, str) or not split:
-        raise InvalidInput(f"split {split!r} must be a non-empty string")
+    check_name(str(split), what="split")
     if dataset.splits and split not in dataset.splits:
         raise InvalidInput(
             f"dataset {dataset.name}@{dataset.version} has no split {split!r}; its splits are "
@@ -142,8 +185,10 @@ def _check_metrics(metrics: Any) -> dict[str, float]:
     for name, value in metrics.items():
         if not isinstance(name, str) or not _METRIC_NAME.match(name):
             raise InvalidInput(f"invalid metric name {name!r}: use lowercase letters, digits, '_'")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
-            value
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
         ):
             raise InvalidInput(f"metric {name!r} must be a finite number, got {value!r}")
         result[name] = float(value)
@@ -174,7 +219,8 @@ def base_cache_key(
     """Return the sha256 hex that identifies a base-model evaluation's inputs."""
     canonical = json.dumps(
         [fingerprint, dataset_digest, split, sorted(metrics), baseline, settings],
-        sort_keys=True, separators=(",", ":"),
+        sort_keys=True,
+        separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -187,13 +233,17 @@ def find_cached_base_evaluation(session: Session, spec: dict[str, Any]) -> dict[
     if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
         raise InvalidInput(f"metrics must be a list of metric names, got {metrics!r}")
     key = base_cache_key(
-        fingerprint=base.fingerprint, dataset_digest=dataset.digest,
-        split=_check_split(dataset, spec.get("split")), metrics=metrics,
-        baseline=spec.get("baseline"), settings=_check_object(spec.get("settings") or {},
-                                                             "settings"),
+        fingerprint=base.fingerprint,
+        dataset_digest=dataset.digest,
+        split=_check_split(dataset, spec.get("split")),
+        metrics=metrics,
+        baseline=spec.get("baseline"),
+        settings=_check_object(spec.get("settings") or {}, "settings"),
     )
     row = session.scalar(
-        select(Evaluation).where(Evaluation.cache_key == key).order_by(Evaluation.id.desc())
+        select(Evaluation)
+        .where(Evaluation.cache_key == key)
+        .order_by(Evaluation.id.desc())
         .limit(1)
     )
     return evaluation_dict(session, row) if row is not None else None
@@ -235,16 +285,20 @@ def list_evaluations(
 def _filter_subject(session: Session, query: Any, subject: str) -> Any:
     reference = parse_reference(subject)
     if reference.version is None and reference.alias is None:
-        version_ids = select(AdapterVersion.id).join(
-            Adapter, Adapter.id == AdapterVersion.adapter_id
-        ).where(Adapter.name == reference.name)
+        version_ids = (
+            select(AdapterVersion.id)
+            .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
+            .where(Adapter.name == reference.name)
+        )
         return query.where(Evaluation.version_id.in_(version_ids))
     return query.where(Evaluation.version_id == get_version_row(session, reference).id)
 
 
 def evaluations_by_ids(session: Session, ids: list[int]) -> list[dict[str, Any]]:
     """Return the evaluations with these ids in the given order, skipping unknown ids."""
-    rows = {row.id: row for row in session.scalars(select(Evaluation).where(Evaluation.id.in_(ids)))}
+    rows = {
+        row.id: row for row in session.scalars(select(Evaluation).where(Evaluation.id.in_(ids)))
+    }
     return [evaluation_dict(session, rows[i]) for i in ids if i in rows]
 
 
@@ -293,7 +347,6 @@ def _version_ref(session: Session, version_id: int) -> str:
 def evaluation_summaries(session: Session, ids: list[int]) -> list[dict[str, Any]]:
     """Short forms of the evaluations with these ids: subject, dataset, split, metrics."""
     return [
-        {key: item[key] for key in ("id", "subject", "dataset", "split", "metrics",
-                                    "sample_count")}
+        {key: item[key] for key in ("id", "subject", "dataset", "split", "metrics", "sample_count")}
         for item in evaluations_by_ids(session, ids)
     ]

@@ -8,8 +8,8 @@ built-in default applies (task's default metric, no margin, no regression).
 The decision has two kinds of check, both on the promotion's split:
 
 - margin: on the primary dataset (the request's first), the candidate beats the
-  alias's current version by at least ``min_margin`` on the primary metric;
-  passed when the alias has no version yet;
+  alias's current version by at least ``min_margin`` on the primary metric. It
+  passes when the alias has no version yet.
 - regression: on every dataset, the candidate is at most ``max_regression``
   worse than the base model on the primary metric.
 """
@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.db.base import utcnow
+from registry.db.dialect import insert_ignore
 from registry.db.models import GatePolicy
 from registry.errors import InvalidInput
 from registry.services.actors import Actor
@@ -82,14 +83,8 @@ def set_gate_policy(
     adapter = adapter if adapter == ANY else check_name(adapter, what="adapter name")
     alias = alias if alias == ANY else check_alias(alias)
     _check_settings(metric=metric, min_margin=min_margin, max_regression=max_regression)
-    row = session.scalar(
-        select(GatePolicy)
-        .where(GatePolicy.adapter_name == adapter, GatePolicy.alias == alias)
-        .with_for_update()
-    )
-    if row is None:
-        row = GatePolicy(adapter_name=adapter, alias=alias)
-        session.add(row)
+    row = _lock_policy_row(session, actor, adapter=adapter, alias=alias)
+
     row.metric = metric
     row.min_margin = min_margin
     row.max_regression = max_regression
@@ -99,10 +94,39 @@ def set_gate_policy(
     session.flush()
     policy = _policy_from_row(row)
     record_event(
-        session, actor, "gate.set", entity_type="gate_policy", entity_id=policy.scope,
+        session,
+        actor,
+        "gate.set",
+        entity_type="gate_policy",
+        entity_id=policy.scope,
         details=policy.to_dict(),
     )
     return _policy_dict(policy, row)
+
+
+def _lock_policy_row(session: Session, actor: Actor, *, adapter: str, alias: str) -> GatePolicy:
+    """Create the policy row if needed (a concurrent creator wins) and lock it."""
+    insert_ignore(
+        session,
+        GatePolicy.__table__,  # type: ignore[arg-type]
+        {
+            "adapter_name": adapter,
+            "alias": alias,
+            "metric": None,
+            "min_margin": 0.0,
+            "max_regression": 0.0,
+            "require_approval": False,
+            "updated_by": actor.name,
+            "updated_at": utcnow(),
+        },
+        conflict_columns=["adapter_name", "alias"],
+    )
+    return session.scalars(
+        select(GatePolicy)
+        .where(GatePolicy.adapter_name == adapter, GatePolicy.alias == alias)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
 
 
 def _check_settings(*, metric: str | None, min_margin: float, max_regression: float) -> None:
@@ -151,8 +175,11 @@ def _policy_from_row(row: GatePolicy) -> Policy:
 
 
 def _policy_dict(policy: Policy, row: GatePolicy) -> dict[str, Any]:
-    return {**policy.to_dict(), "updated_by": row.updated_by,
-            "updated_at": row.updated_at.isoformat()}
+    return {
+        **policy.to_dict(),
+        "updated_by": row.updated_by,
+        "updated_at": row.updated_at.isoformat(),
+    }
 
 
 def primary_metric(policy: Policy, task: str) -> str:
@@ -206,12 +233,20 @@ def _margin_check(
     current: dict[str, dict[str, float]] | None,
 ) -> dict[str, Any]:
     check: dict[str, Any] = {
-        "name": "margin", "dataset": dataset, "metric": metric,
-        "candidate": candidate[dataset].get(metric), "required": policy.min_margin,
+        "name": "margin",
+        "dataset": dataset,
+        "metric": metric,
+        "candidate": candidate[dataset].get(metric),
+        "required": policy.min_margin,
     }
     if current is None:
-        return {**check, "reference": None, "improvement": None, "passed": True,
-                "detail": "the alias has no version yet, so there is nothing to beat"}
+        return {
+            **check,
+            "reference": None,
+            "improvement": None,
+            "passed": True,
+            "detail": "the alias has no version yet, so there is nothing to beat",
+        }
     return _compare(check, current[dataset].get(metric), policy.min_margin, "current version")
 
 
@@ -223,8 +258,11 @@ def _regression_check(
     base: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     check: dict[str, Any] = {
-        "name": "regression", "dataset": dataset, "metric": metric,
-        "candidate": candidate[dataset].get(metric), "required": -policy.max_regression,
+        "name": "regression",
+        "dataset": dataset,
+        "metric": metric,
+        "candidate": candidate[dataset].get(metric),
+        "required": -policy.max_regression,
     }
     return _compare(check, base[dataset].get(metric), -policy.max_regression, "base model")
 
@@ -234,16 +272,33 @@ def _compare(
 ) -> dict[str, Any]:
     value, metric = check["candidate"], check["metric"]
     if value is None:
-        return {**check, "reference": reference, "improvement": None, "passed": False,
-                "detail": f"the candidate's evaluation has no {metric!r}"}
+        return {
+            **check,
+            "reference": reference,
+            "improvement": None,
+            "passed": False,
+            "detail": f"the candidate's evaluation has no {metric!r}",
+        }
     if reference is None:
-        return {**check, "reference": None, "improvement": None, "passed": False,
-                "detail": f"the {what}'s evaluation has no {metric!r}, so the gate cannot "
-                          "compare; use a metric that both report"}
+        return {
+            **check,
+            "reference": None,
+            "improvement": None,
+            "passed": False,
+            "detail": f"the {what}'s evaluation has no {metric!r}, so the gate cannot "
+            "compare; use a metric that both report",
+        }
     delta = improvement(metric, value, reference)
     passed = delta + FLOAT_SLACK >= required
     verb = "beats" if delta >= 0 else "trails"
-    detail = (f"candidate {metric} {value:.4f} {verb} the {what} ({reference:.4f}) by "
-              f"{abs(delta):.4f}; required improvement {required:+.4f}")
-    return {**check, "reference": reference, "improvement": delta, "passed": passed,
-            "detail": detail}
+    detail = (
+        f"candidate {metric} {value:.4f} {verb} the {what} ({reference:.4f}) by "
+        f"{abs(delta):.4f}; required improvement {required:+.4f}"
+    )
+    return {
+        **check,
+        "reference": reference,
+        "improvement": delta,
+        "passed": passed,
+        "detail": detail,
+    }

@@ -69,8 +69,9 @@ def check_combination(
     LoRA adapters of one base model and task, with equal ranks where
     ``combination`` needs them and no classification head saved by two of them.
     """
-    _check_combination_options(len(parents), combination=combination, weights=weights,
-                               density=density)
+    _check_combination_options(
+        len(parents), combination=combination, weights=weights, density=density
+    )
     first = parents[0]
     for parent in parents[1:]:
         _check_same(first, parent, ("base_model", "name"), "base model")
@@ -122,8 +123,9 @@ def _lookup(record: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def _check_same(first: dict[str, Any], other: dict[str, Any], path: tuple[str, ...],
-                what: str) -> None:
+def _check_same(
+    first: dict[str, Any], other: dict[str, Any], path: tuple[str, ...], what: str
+) -> None:
     if _lookup(first, path) != _lookup(other, path):
         raise InvalidInput(
             f"{first.get('ref')} and {other.get('ref')} have different {what}s "
@@ -194,20 +196,34 @@ def register_merged_model(session: Session, actor: Actor, spec: dict[str, Any]) 
     if not isinstance(details, dict):
         raise InvalidInput(f"details must be a JSON object, got {details!r}")
     row = MergedModel(
-        name=name, base_model_id=parents[0][0].base_model_id, method=method, dtype=dtype,
-        max_abs_diff=max_abs_diff, tolerance=tolerance,
-        files=[entry.to_dict() for entry in files], total_size=sum(e.size for e in files),
-        uploaded=uploaded, details=details, created_by=actor.name,
+        name=name,
+        base_model_id=parents[0][0].base_model_id,
+        method=method,
+        dtype=dtype,
+        max_abs_diff=max_abs_diff,
+        tolerance=tolerance,
+        files=[entry.to_dict() for entry in files],
+        total_size=sum(e.size for e in files),
+        uploaded=uploaded,
+        details=details,
+        created_by=actor.name,
     )
     _insert_unique(session, row)
     for version, weight in parents:
-        session.add(MergedModelParent(merged_model_id=row.id, version_id=version.id,
-                                      weight=weight))
+        session.add(MergedModelParent(merged_model_id=row.id, version_id=version.id, weight=weight))
     session.flush()
     record_event(
-        session, actor, "merged_model.registered", entity_type="merged_model", entity_id=name,
-        details={"method": method, "dtype": dtype, "max_abs_diff": max_abs_diff,
-                 "parents": [_ref(session, version) for version, _ in parents]},
+        session,
+        actor,
+        "merged_model.registered",
+        entity_type="merged_model",
+        entity_id=name,
+        details={
+            "method": method,
+            "dtype": dtype,
+            "max_abs_diff": max_abs_diff,
+            "parents": [_ref(session, version) for version, _ in parents],
+        },
     )
     return merged_model_dict(session, row)
 
@@ -244,8 +260,10 @@ def _check_method(method: Any) -> str:
 def _check_equivalence(max_abs_diff: Any, tolerance: Any) -> tuple[float | None, float | None]:
     for key, value in (("max_abs_diff", max_abs_diff), ("tolerance", tolerance)):
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or value < 0
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
         ):
             raise InvalidInput(f"{key} must be a finite number >= 0, got {value!r}")
     if max_abs_diff is not None and tolerance is not None and max_abs_diff > tolerance:
@@ -319,8 +337,14 @@ def merged_model_dict(session: Session, row: MergedModel) -> dict[str, Any]:
         "dtype": row.dtype,
         "max_abs_diff": row.max_abs_diff,
         "tolerance": row.tolerance,
-        "parents": [{"ref": _ref(session, version), "weight": edge.weight,
-                     "digest": version.manifest_digest} for edge, version in parents],
+        "parents": [
+            {
+                "ref": _ref(session, version),
+                "weight": edge.weight,
+                "digest": version.manifest_digest,
+            }
+            for edge, version in parents
+        ],
         "files": row.files,
         "total_size": row.total_size,
         "uploaded": row.uploaded,

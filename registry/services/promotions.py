@@ -51,8 +51,14 @@ OPEN_STATES = ("requested", "evaluating", "awaiting_approval", "approved")
 FINAL_STATES = ("rejected", "promoted", "failed")
 ALLOWED_TRANSITIONS = {
     "requested": {"evaluating", "failed"},
-    "evaluating": {"evaluating", "requested", "rejected", "awaiting_approval", "approved",
-                   "failed"},
+    "evaluating": {
+        "evaluating",
+        "requested",
+        "rejected",
+        "awaiting_approval",
+        "approved",
+        "failed",
+    },
     "awaiting_approval": {"approved", "rejected", "requested"},
     "approved": {"promoted"},
 }
@@ -92,20 +98,28 @@ def request_promotion(
         raise Conflict(f"{adapter.name}@{alias} already points at version {version.version}")
     _check_no_open_request(session, adapter, alias)
     row = PromotionRequest(
-        adapter_id=adapter.id, version_id=version.id, alias=alias, state="requested",
-        datasets=dataset_refs, split=split, reason=reason, requested_by=actor.name, attempts=0,
+        adapter_id=adapter.id,
+        version_id=version.id,
+        alias=alias,
+        state="requested",
+        datasets=dataset_refs,
+        split=split,
+        reason=reason,
+        requested_by=actor.name,
+        attempts=0,
     )
     session.add(row)
     session.flush()
-    _record(session, actor, row, previous=None, details={"datasets": dataset_refs,
-                                                         "split": split})
+    _record(session, actor, row, previous=None, details={"datasets": dataset_refs, "split": split})
     return promotion_dict(session, row)
 
 
 def _lock_adapter(session: Session, adapter_id: int) -> Adapter:
     # Serializes requests for one adapter, so two cannot both see "no open request".
     return session.scalars(
-        select(Adapter).where(Adapter.id == adapter_id).with_for_update()
+        select(Adapter)
+        .where(Adapter.id == adapter_id)
+        .with_for_update()
         .execution_options(populate_existing=True)
     ).one()
 
@@ -141,7 +155,8 @@ def _check_datasets(
 def _check_no_open_request(session: Session, adapter: Adapter, alias: str) -> None:
     open_row = session.scalar(
         select(PromotionRequest).where(
-            PromotionRequest.adapter_id == adapter.id, PromotionRequest.alias == alias,
+            PromotionRequest.adapter_id == adapter.id,
+            PromotionRequest.alias == alias,
             PromotionRequest.state.in_(OPEN_STATES),
         )
     )
@@ -163,7 +178,8 @@ def claim_promotion(
     """Claim the oldest claimable request (or ``request_id``) for ``worker``; None if none.
 
     Claimable are requests in ``requested`` and ``evaluating`` ones whose lease
-    expired. A request already claimed MAX_ATTEMPTS times fails instead.
+    expired. A request already claimed MAX_ATTEMPTS times fails instead, as
+    does one whose alias another change already moved to its version.
     """
     actor.require("writer")
     check_name(worker, what="worker name")
@@ -172,9 +188,11 @@ def claim_promotion(
         row = session.scalar(_claimable(request_id))
         if row is None:
             return None
-        if row.attempts >= MAX_ATTEMPTS:
-            row.error = (f"claimed {row.attempts} times without a result (last worker "
-                         f"{row.claimed_by!r}); check the workers' logs")
+        error = _unclaimable_reason(session, row)
+        if error is not None:
+            row.error = error
+            row.claimed_by = None
+            row.lease_expires_at = None
             _transition(session, actor, row, "failed")
             continue
         previous_worker = row.claimed_by
@@ -182,10 +200,26 @@ def claim_promotion(
         row.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
         row.attempts += 1
         row.current_version_id = get_alias_version_id(session, row.adapter_id, row.alias)
-        _transition(session, actor, row, "evaluating",
-                    details={"worker": worker, "attempt": row.attempts,
-                             "previous_worker": previous_worker})
+        _transition(
+            session,
+            actor,
+            row,
+            "evaluating",
+            details={"worker": worker, "attempt": row.attempts, "previous_worker": previous_worker},
+        )
         return claim_dict(session, row)
+    return None
+
+
+def _unclaimable_reason(session: Session, row: PromotionRequest) -> str | None:
+    """Return why a claimable request must fail instead, or None when it can run."""
+    if row.attempts >= MAX_ATTEMPTS:
+        return (
+            f"claimed {row.attempts} times without a result (last worker "
+            f"{row.claimed_by!r}); check the workers' logs"
+        )
+    if get_alias_version_id(session, row.adapter_id, row.alias) == row.version_id:
+        return f"the alias {row.alias!r} was moved to this version by another change"
     return None
 
 
@@ -193,10 +227,14 @@ def _claimable(request_id: int | None) -> Any:
     now = utcnow()
     query = (
         select(PromotionRequest)
-        .where(or_(
-            PromotionRequest.state == "requested",
-            and_(PromotionRequest.state == "evaluating", PromotionRequest.lease_expires_at < now),
-        ))
+        .where(
+            or_(
+                PromotionRequest.state == "requested",
+                and_(
+                    PromotionRequest.state == "evaluating", PromotionRequest.lease_expires_at < now
+                ),
+            )
+        )
         .order_by(PromotionRequest.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -213,11 +251,12 @@ def _check_lease(lease_seconds: int) -> None:
 
 
 def claim_dict(session: Session, row: PromotionRequest) -> dict[str, Any]:
-    """The request as a worker needs it: what to evaluate, on what, until when."""
+    """Return the request as a worker needs it: what to evaluate, on what, until when."""
     candidate = session.get(AdapterVersion, row.version_id)
     assert candidate is not None
-    current = session.get(AdapterVersion, row.current_version_id) if row.current_version_id \
-        else None
+    current = (
+        session.get(AdapterVersion, row.current_version_id) if row.current_version_id else None
+    )
     adapter = session.get(Adapter, row.adapter_id)
     assert adapter is not None
     return {
@@ -242,7 +281,9 @@ def renew_lease(
 
 def _lock(session: Session, request_id: int) -> PromotionRequest:
     row = session.scalar(
-        select(PromotionRequest).where(PromotionRequest.id == request_id).with_for_update()
+        select(PromotionRequest)
+        .where(PromotionRequest.id == request_id)
+        .with_for_update()
         .execution_options(populate_existing=True)
     )
     if row is None:
@@ -264,7 +305,7 @@ def submit_results(
     """Apply the gate to the worker's evaluations and move the request on.
 
     A failing gate rejects the request. A passing one promotes it at once, or
-    waits for an approval on a protected alias or a policy that asks for one.
+    waits for an approval on a protected alias or a policy that requires one.
     If the alias moved since the claim, the request goes back to ``requested``
     to be evaluated against the new version. Raises InvalidInput when an
     evaluation is missing or belongs to another subject, dataset or split.
@@ -281,14 +322,16 @@ def submit_results(
     assert adapter is not None
     policy = effective_policy(session, adapter=adapter.name, alias=row.alias)
     decision = decide(
-        policy, task=roles["task"], datasets=row.datasets, candidate=roles["candidate"],
+        policy,
+        task=roles["task"],
+        datasets=row.datasets,
+        candidate=roles["candidate"],
         current=roles["current"] if row.current_version_id is not None else None,
         base=roles["base"],
     )
     decision["evaluation_ids"] = roles["ids"]
     row.decision = decision
-    summary = {"passed": decision["passed"], "metric": decision["metric"],
-               "policy": policy.scope}
+    summary = {"passed": decision["passed"], "metric": decision["metric"], "policy": policy.scope}
     if not decision["passed"]:
         row.decided_by = "gate"
         _transition(session, actor, row, "rejected", details=summary)
@@ -305,8 +348,13 @@ def _classify(session: Session, row: PromotionRequest, ids: list[int]) -> dict[s
     """Sort the evaluations into candidate, current and base metrics per dataset."""
     candidate = session.get(AdapterVersion, row.version_id)
     assert candidate is not None
-    roles: dict[str, Any] = {"candidate": {}, "current": {}, "base": {}, "task": None,
-                             "ids": {"candidate": [], "current": [], "base": []}}
+    roles: dict[str, Any] = {
+        "candidate": {},
+        "current": {},
+        "base": {},
+        "task": None,
+        "ids": {"candidate": [], "current": [], "base": []},
+    }
     for evaluation_id in dict.fromkeys(ids):
         evaluation = get_evaluation_row(session, evaluation_id)
         role = _role_of(evaluation, row, candidate.base_model_id)
@@ -351,8 +399,9 @@ def _dataset_ref(session: Session, evaluation: Evaluation, row: PromotionRequest
 
 def _check_complete(row: PromotionRequest, roles: dict[str, Any]) -> None:
     needed = ["candidate", "base"] + (["current"] if row.current_version_id is not None else [])
-    missing = [f"{role} on {ref}" for role in needed for ref in row.datasets
-               if ref not in roles[role]]
+    missing = [
+        f"{role} on {ref}" for role in needed for ref in row.datasets if ref not in roles[role]
+    ]
     if missing:
         raise InvalidInput(
             f"promotion {row.id} lacks evaluations of: {', '.join(missing)}; evaluate those "
@@ -365,8 +414,13 @@ def _requeue_if_alias_moved(session: Session, actor: Actor, row: PromotionReques
     if now_at == row.current_version_id:
         return False
     row.error = "the alias moved after the evaluation; evaluating again against its new version"
-    _transition(session, actor, row, "requested",
-                details={"evaluated_against": row.current_version_id, "alias_now_at": now_at})
+    _transition(
+        session,
+        actor,
+        row,
+        "requested",
+        details={"evaluated_against": row.current_version_id, "alias_now_at": now_at},
+    )
     return True
 
 
@@ -379,14 +433,24 @@ def _promote(session: Session, actor: Actor, row: PromotionRequest) -> None:
         "promotion_request_id": row.id,
         "evaluation_ids": sorted({i for role_ids in ids.values() for i in role_ids}),
         "evaluation_roles": ids,
-        "gate": {"passed": row.decision["passed"], "metric": row.decision["metric"],
-                 "policy": row.decision["policy"]["scope"], "checks": row.decision["checks"]},
+        "gate": {
+            "passed": row.decision["passed"],
+            "metric": row.decision["metric"],
+            "policy": row.decision["policy"]["scope"],
+            "checks": row.decision["checks"],
+        },
         "requested_by": row.requested_by,
         "decided_by": row.decided_by,
     }
-    move_alias(session, actor, version=version, alias=row.alias,
-               reason=row.reason or f"promotion {row.id}", evidence=evidence,
-               promotion_request_id=row.id)
+    move_alias(
+        session,
+        actor,
+        version=version,
+        alias=row.alias,
+        reason=row.reason or f"promotion {row.id}",
+        evidence=evidence,
+        promotion_request_id=row.id,
+    )
     _transition(session, actor, row, "promoted")
 
 
@@ -481,16 +545,29 @@ def _record(
     adapter = session.get(Adapter, row.adapter_id)
     version = session.get(AdapterVersion, row.version_id)
     assert adapter is not None and version is not None
-    payload = {"promotion_request_id": row.id, "adapter": adapter.name,
-               "version": version.version, "alias": row.alias, "from_state": previous,
-               "state": row.state, "actor": actor.name, **details}
-    record_event(session, actor, f"promotion.{row.state}", entity_type="promotion_request",
-                 entity_id=str(row.id), details=payload)
+    payload = {
+        "promotion_request_id": row.id,
+        "adapter": adapter.name,
+        "version": version.version,
+        "alias": row.alias,
+        "from_state": previous,
+        "state": row.state,
+        "actor": actor.name,
+        **details,
+    }
+    record_event(
+        session,
+        actor,
+        f"promotion.{row.state}",
+        entity_type="promotion_request",
+        entity_id=str(row.id),
+        details=payload,
+    )
     enqueue_event(session, f"promotion.{row.state}", payload)
 
 
 def get_promotion(session: Session, request_id: int) -> dict[str, Any]:
-    """One request with its evaluations and its audit trail."""
+    """Return one request with its evaluations and its audit trail."""
     row = session.get(PromotionRequest, request_id)
     if row is None:
         raise NotFound(f"promotion request {request_id} not found")
@@ -506,12 +583,21 @@ def get_promotion(session: Session, request_id: int) -> dict[str, Any]:
 def _events(session: Session, request_id: int) -> list[dict[str, Any]]:
     rows = session.scalars(
         select(AuditEvent)
-        .where(AuditEvent.entity_type == "promotion_request",
-               AuditEvent.entity_id == str(request_id))
+        .where(
+            AuditEvent.entity_type == "promotion_request", AuditEvent.entity_id == str(request_id)
+        )
         .order_by(AuditEvent.id)
     )
-    return [{"id": e.id, "at": e.at.isoformat(), "actor": e.actor, "action": e.action,
-             "details": e.details} for e in rows]
+    return [
+        {
+            "id": e.id,
+            "at": e.at.isoformat(),
+            "actor": e.actor,
+            "action": e.action,
+            "details": e.details,
+        }
+        for e in rows
+    ]
 
 
 def list_promotions(
@@ -536,8 +622,9 @@ def promotion_dict(session: Session, row: PromotionRequest) -> dict[str, Any]:
     adapter = session.get(Adapter, row.adapter_id)
     version = session.get(AdapterVersion, row.version_id)
     assert adapter is not None and version is not None
-    current = session.get(AdapterVersion, row.current_version_id) if row.current_version_id \
-        else None
+    current = (
+        session.get(AdapterVersion, row.current_version_id) if row.current_version_id else None
+    )
     return {
         "id": row.id,
         "adapter": adapter.name,

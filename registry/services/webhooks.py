@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_LIST = 500
 # Outbox events turned into deliveries per pass.
 DISPATCH_BATCH = 100
-# Longest error text kept per attempt, in characters.
+# Maximum length of the error text kept per attempt, in characters.
 MAX_ERROR_CHARS = 1000
 
 
@@ -72,8 +72,14 @@ def dispatch_events(session: Session, urls: list[str]) -> int:
             insert_ignore(
                 session,
                 WebhookDelivery.__table__,  # type: ignore[arg-type]
-                {"event_id": event.id, "url": url, "state": "pending", "attempts": 0,
-                 "next_attempt_at": now, "created_at": now},
+                {
+                    "event_id": event.id,
+                    "url": url,
+                    "state": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                },
                 conflict_columns=["event_id", "url"],
             )
         event.dispatched = True
@@ -102,18 +108,28 @@ def claim_due_deliveries(
     for delivery, event in rows:
         delivery.attempts += 1
         delivery.next_attempt_at = now + timedelta(seconds=lease_seconds)
-        claimed.append(ClaimedDelivery(
-            id=delivery.id, event_id=event.id, event_type=event.event_type, url=delivery.url,
-            attempt=delivery.attempts, body=event_body(event),
-        ))
+        claimed.append(
+            ClaimedDelivery(
+                id=delivery.id,
+                event_id=event.id,
+                event_type=event.event_type,
+                url=delivery.url,
+                attempt=delivery.attempts,
+                body=event_body(event),
+            )
+        )
     session.flush()
     return claimed
 
 
 def event_body(event: OutboxEvent) -> dict[str, Any]:
-    """The JSON document a webhook receives for ``event``."""
-    return {"id": event.id, "type": event.event_type, "created_at": event.created_at.isoformat(),
-            "data": event.payload}
+    """Return the JSON document a webhook receives for ``event``."""
+    return {
+        "id": event.id,
+        "type": event.event_type,
+        "created_at": event.created_at.isoformat(),
+        "data": event.payload,
+    }
 
 
 def record_attempt(
@@ -131,10 +147,15 @@ def record_attempt(
     A 2xx status delivers it. Otherwise it is retried after ``retry_in_seconds``,
     or marked failed when that is None (no attempts left).
     """
-    session.add(WebhookAttempt(
-        delivery_id=delivery_id, attempt=attempt, status_code=status_code,
-        error=error[:MAX_ERROR_CHARS] if error else None, duration_ms=duration_ms,
-    ))
+    session.add(
+        WebhookAttempt(
+            delivery_id=delivery_id,
+            attempt=attempt,
+            status_code=status_code,
+            error=error[:MAX_ERROR_CHARS] if error else None,
+            duration_ms=duration_ms,
+        )
+    )
     delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
     if delivery is None:
         raise NotFound(f"webhook delivery {delivery_id} not found")
@@ -147,8 +168,13 @@ def record_attempt(
     elif retry_in_seconds is None:
         delivery.state = "failed"
         # The URL stays out of the log: webhook URLs often embed a secret path.
-        log.error("webhook delivery %s of event %s failed for good after %d attempts: %s",
-                  delivery_id, delivery.event_id, attempt, error or f"HTTP {status_code}")
+        log.error(
+            "webhook delivery %s of event %s failed for good after %d attempts: %s",
+            delivery_id,
+            delivery.event_id,
+            attempt,
+            error or f"HTTP {status_code}",
+        )
     else:
         delivery.next_attempt_at = now + timedelta(seconds=retry_in_seconds)
     session.flush()
@@ -157,8 +183,12 @@ def record_attempt(
 
 def list_events(session: Session, *, after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
     """Outbox events, oldest first."""
-    query = (select(OutboxEvent).where(OutboxEvent.id > after_id).order_by(OutboxEvent.id)
-             .limit(_check_limit(limit)))
+    query = (
+        select(OutboxEvent)
+        .where(OutboxEvent.id > after_id)
+        .order_by(OutboxEvent.id)
+        .limit(_check_limit(limit))
+    )
     return [{**event_body(row), "dispatched": row.dispatched} for row in session.scalars(query)]
 
 
@@ -177,19 +207,28 @@ def list_deliveries(
 
 
 def get_delivery(session: Session, delivery_id: int) -> dict[str, Any]:
-    """One delivery with every attempt, oldest first."""
+    """Return one delivery with every attempt, oldest first."""
     row = session.get(WebhookDelivery, delivery_id)
     if row is None:
         raise NotFound(f"webhook delivery {delivery_id} not found")
     attempts = session.scalars(
-        select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery_id)
+        select(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id == delivery_id)
         .order_by(WebhookAttempt.id)
     )
-    return {**_delivery_dict(row), "attempt_log": [
-        {"attempt": a.attempt, "at": a.at.isoformat(), "status_code": a.status_code,
-         "error": a.error, "duration_ms": a.duration_ms}
-        for a in attempts
-    ]}
+    return {
+        **_delivery_dict(row),
+        "attempt_log": [
+            {
+                "attempt": a.attempt,
+                "at": a.at.isoformat(),
+                "status_code": a.status_code,
+                "error": a.error,
+                "duration_ms": a.duration_ms,
+            }
+            for a in attempts
+        ],
+    }
 
 
 def _delivery_dict(row: WebhookDelivery) -> dict[str, Any]:
