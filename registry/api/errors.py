@@ -11,7 +11,7 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -108,6 +108,19 @@ def install_error_handlers(app: FastAPI) -> None:
             "ServiceUnavailable",
             "the registry database is unavailable; retry shortly (the server reconnects "
             "on its own)",
+        )
+
+    @app.exception_handler(DataError)
+    async def _value_out_of_range(request: Request, error: DataError) -> JSONResponse:
+        # A value that passed the API's checks but not the column type, such as a
+        # number beyond PostgreSQL's 32-bit integer in a query or path parameter.
+        reason = str(error.orig).splitlines()[0] if error.orig is not None else "invalid value"
+        log.warning("rejected %s %s: %s", request.method, request.url.path, reason)
+        return error_response(
+            422,
+            "InvalidInput",
+            f"invalid value in the request to {request.url.path}: {reason}; "
+            "use numbers from 1 to 2147483647 and check the other values",
         )
 
     @app.exception_handler(DBAPIError)

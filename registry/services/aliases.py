@@ -153,7 +153,7 @@ def alias_dict(session: Session, row: Alias, adapter_name: str, *, moved: bool) 
 
 
 def list_history(session: Session, name: str, *, alias: str | None = None) -> list[dict[str, Any]]:
-    """Every move of the adapter's aliases (or one alias), oldest first, with its evaluations."""
+    """List every move of the adapter's aliases (or one alias), oldest first, with evaluations."""
     adapter = get_adapter_row(session, name)
     query = select(AliasMove).where(AliasMove.adapter_id == adapter.id).order_by(AliasMove.id)
     if alias:

@@ -113,7 +113,9 @@ def _check_manifest(manifest: Any, name: str) -> dict[str, Any]:
 
 def _check_blobs_present(session: Session, files: list[FileEntry], name: str) -> None:
     digests = [entry.digest for entry in files]
-    present = set(session.scalars(select(Blob.digest).where(Blob.digest.in_(digests))))
+    # FOR SHARE keeps gc from deleting these rows until the registration commits.
+    query = select(Blob.digest).where(Blob.digest.in_(digests)).with_for_update(read=True)
+    present = set(session.scalars(query))
     missing = [entry.path for entry in files if entry.digest not in present]
     if missing:
         raise NotFound(

@@ -130,10 +130,10 @@ def manifest_digest(files: list[FileEntry]) -> str:
 
 
 def _check_blobs(session: Session, files: list[FileEntry]) -> None:
-    rows = {
-        blob.digest: blob
-        for blob in session.scalars(select(Blob).where(Blob.digest.in_([f.digest for f in files])))
-    }
+    # FOR SHARE holds off gc, which locks a row FOR UPDATE before deleting it,
+    # until this transaction ends (SQLite's write lock already does).
+    query = select(Blob).where(Blob.digest.in_([f.digest for f in files]))
+    rows = {blob.digest: blob for blob in session.scalars(query.with_for_update(read=True))}
     for entry in files:
         blob = rows.get(entry.digest)
         if blob is None:

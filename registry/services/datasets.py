@@ -96,7 +96,8 @@ def _check_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_blob(session: Session, digest: str, size: int, name: str) -> None:
-    blob = session.get(Blob, digest)
+    # FOR SHARE keeps gc from deleting the row until the registration commits.
+    blob = session.scalar(select(Blob).where(Blob.digest == digest).with_for_update(read=True))
     if blob is None:
         raise NotFound(f"dataset {name!r} declares an uploaded file {digest} that is missing")
     if blob.size != size:

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Header, Query, Request
 
 from registry.api.deps import ActorDep, SessionDep, StateDep, StoreDep
 from registry.api.errors import error_responses
+from registry.api.routing import RegistryRoute
 from registry.api.schemas import AliasIn, RollbackIn, VersionIn
 from registry.services import aliases, listing, resolve, versions
 from registry.services.commit import commit_version
 
-router = APIRouter(tags=["adapters"])
+router = APIRouter(tags=["adapters"], route_class=RegistryRoute)
 
 Limit = Annotated[int, Query(ge=1, le=listing.MAX_PAGE_SIZE)]
 

@@ -10,10 +10,11 @@ from sqlalchemy import text
 from registry import __version__
 from registry.api.deps import ActorDep, SessionDep
 from registry.api.errors import error_responses
+from registry.api.routing import RegistryRoute
 from registry.api.schemas import TokenIn
 from registry.services import audit, tokens
 
-router = APIRouter()
+router = APIRouter(route_class=RegistryRoute)
 
 
 @router.get("/health", tags=["system"], responses=error_responses(503))

@@ -9,11 +9,12 @@ from fastapi.responses import StreamingResponse
 
 from registry.api.deps import ActorDep, SessionDep, StateDep, StoreDep, UowDep
 from registry.api.errors import error_responses
+from registry.api.routing import RegistryRoute
 from registry.api.schemas import MissingBlobsIn, UploadIn
 from registry.api.streaming import run_with_body
 from registry.services import blobs
 
-router = APIRouter(tags=["blobs"])
+router = APIRouter(tags=["blobs"], route_class=RegistryRoute)
 
 
 @router.post("/blobs/missing", responses=error_responses(401, 403, 422))

@@ -8,10 +8,11 @@ from fastapi import APIRouter
 
 from registry.api.deps import ActorDep, SessionDep
 from registry.api.errors import error_responses
+from registry.api.routing import RegistryRoute
 from registry.api.schemas import BaseModelIn, DatasetIn
 from registry.services import base_models, datasets
 
-router = APIRouter()
+router = APIRouter(route_class=RegistryRoute)
 
 
 @router.post(

@@ -27,6 +27,7 @@ from registry.api.lifecycle_schemas import (
     RejectIn,
     ResultsIn,
 )
+from registry.api.routing import RegistryRoute
 from registry.services import evaluations, gates, merges, promotions, webhooks
 from registry.webhook_delivery import WebhookDeliverer
 
@@ -45,7 +46,7 @@ async def deliver_webhooks(app: FastAPI) -> AsyncIterator[None]:
         deliverer.stop()
 
 
-router = APIRouter(lifespan=deliver_webhooks)
+router = APIRouter(lifespan=deliver_webhooks, route_class=RegistryRoute)
 
 
 # Evaluations
