@@ -5,8 +5,9 @@ Peers, measured in the same run on the same bytes:
   that the registry stores into.
 - local store: a plain file copy (shutil.copyfile).
 
-Prints throughput of each and the ratio registry/peer (goal >= 0.9), plus the
-API server's peak RSS growth during the transfers (goal < 100 MiB). The server
+Prints the best throughput of each with the range over the runs, the ratio
+registry/peer of the best runs (goal >= 0.9), the API server's peak RSS growth
+during the transfers (goal < 100 MiB) and the load average before and after. The server
 runs as its own process (`adapterreg serve`) so its memory is measured alone.
 
     .venv/bin/python bench/transfer.py [--size-mib 256] [--repeat 3]
@@ -36,6 +37,7 @@ import psutil
 from moto.server import ThreadedMotoServer
 from safetensors.numpy import save_file
 
+from registry.base_manifest import file_digest
 from registry.client import RegistryClient
 
 HIDDEN = 1024
@@ -63,9 +65,15 @@ def make_adapter(directory: Path, size_mib: int) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / "adapter_model.safetensors"))
     config = {
-        "peft_type": "LORA", "task_type": None, "r": RANK, "lora_alpha": RANK,
-        "target_modules": ["proj"], "lora_dropout": 0.0, "bias": "none",
-        "base_model_name_or_path": "bench-base", "inference_mode": True,
+        "peft_type": "LORA",
+        "task_type": None,
+        "r": RANK,
+        "lora_alpha": RANK,
+        "target_modules": ["proj"],
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "base_model_name_or_path": "bench-base",
+        "inference_mode": True,
     }
     (directory / "adapter_config.json").write_text(json.dumps(config))
     return modules
@@ -74,18 +82,26 @@ def make_adapter(directory: Path, size_mib: int) -> int:
 def register_synthetic_base(client: RegistryClient, modules: int) -> None:
     """Register a base model by manifest only: the benchmark never needs its weights."""
     config = json.dumps({"architectures": ["BenchModel"], "hidden_size": HIDDEN}).encode()
-    manifest = {f"layers.{i}.proj.weight": {"shape": [HIDDEN, HIDDEN], "dtype": "F32"}
-                for i in range(modules)}
+    manifest = {
+        f"layers.{i}.proj.weight": {"shape": [HIDDEN, HIDDEN], "dtype": "F32"}
+        for i in range(modules)
+    }
     digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    client._json("POST", "/base-models", json={
-        "name": "bench-base", "architecture": "BenchModel", "config": {"hidden_size": HIDDEN},
-        "manifest": manifest,
-        "files": [
-            {"path": "config.json", "size": len(config), "digest": digest},
-            # Declared, never uploaded: the registry records base weights by digest only.
-            {"path": "model.safetensors", "size": 0, "digest": "sha256:" + "0" * 64},
-        ],
-    })
+    client._json(
+        "POST",
+        "/base-models",
+        json={
+            "name": "bench-base",
+            "architecture": "BenchModel",
+            "config": {"hidden_size": HIDDEN},
+            "manifest": manifest,
+            "files": [
+                {"path": "config.json", "size": len(config), "digest": digest},
+                # Declared, never uploaded: the registry records base weights by digest only.
+                {"path": "model.safetensors", "size": 0, "digest": "sha256:" + "0" * 64},
+            ],
+        },
+    )
 
 
 @contextmanager
@@ -96,7 +112,9 @@ def api_server(env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]:
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
-        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -107,7 +125,7 @@ def api_server(env: dict[str, str]) -> Iterator[tuple[str, psutil.Process]]:
                 break
             except Exception:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
+                    raise RuntimeError(f"server did not start:\n{log_path.read_text()}") from None
                 time.sleep(0.2)
     try:
         yield url, psutil.Process(process.pid)
@@ -143,10 +161,10 @@ class PeakRss:
         return self.peak - self.baseline
 
 
-def best_time(
+def run_times(
     action: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None
-) -> float:
-    """Return the fastest of ``repeat`` runs of ``action``; ``setup`` runs untimed before each."""
+) -> list[float]:
+    """Return the seconds of ``repeat`` runs of ``action``; ``setup`` runs untimed before each."""
     times = []
     for _ in range(repeat):
         if setup is not None:
@@ -154,37 +172,55 @@ def best_time(
         start = time.perf_counter()
         action()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
 
 
-def bench_backend(label: str, env: dict[str, str], adapter: Path, modules: int, repeat: int,
-                  peer_push: Callable[[], object], peer_pull: Callable[[], object],
-                  peer_name: str, work: Path) -> dict[str, float]:
+def bench_backend(
+    label: str,
+    env: dict[str, str],
+    adapter: Path,
+    modules: int,
+    repeat: int,
+    peer_push: Callable[[], object],
+    peer_pull: Callable[[], object],
+    peer_name: str,
+    work: Path,
+) -> dict[str, float | str]:
     size = (adapter / "adapter_model.safetensors").stat().st_size
     with api_server(env) as (url, process):
         client = RegistryClient(url, state_dir=work / "uploads")
         register_synthetic_base(client, modules)
         rss = PeakRss(process)
         # Emptying the registry before each push makes it transfer every byte again.
-        push_time = best_time(
-            lambda: client.push("bench", adapter, base_model="bench-base"), repeat,
+        push_times = run_times(
+            lambda: client.push("bench", adapter, base_model="bench-base"),
+            repeat,
             setup=lambda: forget_blobs(env),
         )
         client.push("bench-final", adapter, base_model="bench-base")
-        pull_time = best_time(lambda: client.pull("bench-final", work / f"pulled-{label}"),
-                              repeat)
+        pull_times = run_times(lambda: client.pull("bench-final", work / f"pulled-{label}"), repeat)
         growth = rss.stop()
         client.close()
-    peer_push_time = best_time(peer_push, repeat)
-    peer_pull_time = best_time(peer_pull, repeat)
+    peer_push_times = run_times(peer_push, repeat)
+    peer_pull_times = run_times(peer_pull, repeat)
     mib = size / MiB
-    return {
+    result: dict[str, float | str] = {
         "size_mib": mib,
-        "push_mib_s": mib / push_time, "peer_push_mib_s": mib / peer_push_time,
-        "pull_mib_s": mib / pull_time, "peer_pull_mib_s": mib / peer_pull_time,
-        "push_ratio": peer_push_time / push_time, "pull_ratio": peer_pull_time / pull_time,
-        "rss_growth_mib": growth / MiB, "peer": peer_name,
+        "rss_growth_mib": growth / MiB,
+        "peer": peer_name,
     }
+    for op, times, peer_times in (
+        ("push", push_times, peer_push_times),
+        ("pull", pull_times, peer_pull_times),
+    ):
+        # Best of each side: the run least disturbed by other load on the machine.
+        result[f"{op}_mib_s"] = mib / min(times)
+        result[f"peer_{op}_mib_s"] = mib / min(peer_times)
+        result[f"{op}_ratio"] = min(peer_times) / min(times)
+        # Spread: the slowest and fastest run of each side.
+        result[f"{op}_range"] = f"{mib / max(times):.0f}-{mib / min(times):.0f}"
+        result[f"peer_{op}_range"] = f"{mib / max(peer_times):.0f}-{mib / min(peer_times):.0f}"
+    return result
 
 
 def forget_blobs(env: dict[str, str]) -> None:
@@ -198,9 +234,18 @@ def forget_blobs(env: dict[str, str]) -> None:
     store = open_blob_store(env["ADAPTERREG_STORAGE_URL"])
     with engine.begin() as connection:
         digests = [row[0] for row in connection.execute(text("SELECT digest FROM blobs"))]
-        for table in ("version_files", "version_tags", "version_datasets", "version_parents",
-                      "alias_history", "aliases", "adapter_versions", "adapters",
-                      "idempotency_keys", "blobs"):
+        for table in (
+            "version_files",
+            "version_tags",
+            "version_datasets",
+            "version_parents",
+            "alias_history",
+            "aliases",
+            "adapter_versions",
+            "adapters",
+            "idempotency_keys",
+            "blobs",
+        ):
             connection.execute(text(f"DELETE FROM {table}"))
     for digest in digests:
         store.delete_blob(digest)
@@ -216,57 +261,93 @@ def main() -> None:
     adapter = work / "adapter"
     modules = make_adapter(adapter, args.size_mib)
     weights = adapter / "adapter_model.safetensors"
-    results = {}
+    weights_mib = weights.stat().st_size / MiB
+    results: dict[str, dict[str, float | str]] = {}
+    load = [f"{os.getloadavg()[0]:.1f}"]
     try:
-        local_env = {"ADAPTERREG_DATABASE_URL": f"sqlite:///{work}/local.db",
-                     "ADAPTERREG_STORAGE_URL": (work / "blobs").as_uri(),
-                     "ADAPTERREG_HOME": str(work / "home")}
+        local_env = {
+            "ADAPTERREG_DATABASE_URL": f"sqlite:///{work}/local.db",
+            "ADAPTERREG_STORAGE_URL": (work / "blobs").as_uri(),
+            "ADAPTERREG_HOME": str(work / "home"),
+        }
         results["local"] = bench_backend(
-            "local", local_env, adapter, modules, args.repeat,
+            "local",
+            local_env,
+            adapter,
+            modules,
+            args.repeat,
             peer_push=lambda: shutil.copyfile(weights, work / "copy-in"),
             peer_pull=lambda: shutil.copyfile(work / "copy-in", work / "copy-out"),
-            peer_name="shutil.copyfile", work=work,
+            peer_name="shutil.copyfile",
+            work=work,
         )
         results["s3"] = bench_s3(work, adapter, modules, weights, args.repeat)
+        hash_times = run_times(lambda: file_digest(weights), args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print_results(results)
+    load.append(f"{os.getloadavg()[0]:.1f}")
+    print_results(results, load)
+    # A push hashes the file in the client and again in the server, so one pass
+    # of sha256 over the file is a lower bound on the time of a verified push.
+    print(f"sha256 of the same file, one pass: {weights_mib / min(hash_times):.1f} MiB/s")
 
 
-def bench_s3(work: Path, adapter: Path, modules: int, weights: Path, repeat: int
-             ) -> dict[str, float]:
+def bench_s3(
+    work: Path, adapter: Path, modules: int, weights: Path, repeat: int
+) -> dict[str, float | str]:
     port = free_port()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     moto.start()
     endpoint = f"http://127.0.0.1:{port}"
-    aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    aws = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
     os.environ.update(aws)
     s3 = boto3.client("s3", endpoint_url=endpoint)
     s3.create_bucket(Bucket="bench")
-    env = {**aws, "ADAPTERREG_DATABASE_URL": f"sqlite:///{work}/s3.db",
-           "ADAPTERREG_STORAGE_URL": "s3://bench/registry",
-           "ADAPTERREG_HOME": str(work / "home-s3")}
+    env = {
+        **aws,
+        "ADAPTERREG_DATABASE_URL": f"sqlite:///{work}/s3.db",
+        "ADAPTERREG_STORAGE_URL": "s3://bench/registry",
+        "ADAPTERREG_HOME": str(work / "home-s3"),
+    }
     try:
         return bench_backend(
-            "s3", env, adapter, modules, repeat,
+            "s3",
+            env,
+            adapter,
+            modules,
+            repeat,
             peer_push=lambda: s3.upload_file(str(weights), "bench", "raw/weights"),
             peer_pull=lambda: s3.download_file("bench", "raw/weights", str(work / "raw-out")),
-            peer_name="boto3 upload_file/download_file", work=work,
+            peer_name="boto3 upload_file/download_file",
+            work=work,
         )
     finally:
         moto.stop()
 
 
-def print_results(results: dict[str, dict[str, float]]) -> None:
-    print(f"{'backend':8} {'op':5} {'registry MiB/s':>15} {'peer MiB/s':>11} {'ratio':>6}  peer")
+def print_results(results: dict[str, dict[str, float | str]], load: list[str]) -> None:
+    print(
+        f"{'backend':8} {'op':5} {'registry MiB/s':>15} {'(range)':>10} {'peer MiB/s':>11} "
+        f"{'(range)':>10} {'ratio':>6}  peer"
+    )
     for backend, r in results.items():
         for op in ("push", "pull"):
-            print(f"{backend:8} {op:5} {r[f'{op}_mib_s']:15.1f} {r[f'peer_{op}_mib_s']:11.1f} "
-                  f"{r[f'{op}_ratio']:6.2f}  {r['peer']}")
-        print(f"{backend:8} server peak RSS growth: {r['rss_growth_mib']:.1f} MiB "
-              f"(adapter {r['size_mib']:.0f} MiB)")
+            print(
+                f"{backend:8} {op:5} {r[f'{op}_mib_s']:15.1f} {r[f'{op}_range']:>10} "
+                f"{r[f'peer_{op}_mib_s']:11.1f} {r[f'peer_{op}_range']:>10} "
+                f"{r[f'{op}_ratio']:6.2f}  {r['peer']}"
+            )
+        print(
+            f"{backend:8} server peak RSS growth: {r['rss_growth_mib']:.1f} MiB "
+            f"(adapter {r['size_mib']:.0f} MiB)"
+        )
+    print(f"1-minute load average: {' -> '.join(load)} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.db.base import utcnow
-from registry.db.dialect import insert_ignore
+from registry.db.dialect import insert_ignore, lock_blob_digest
 from registry.db.models import Blob, UploadSession
 from registry.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from registry.services.actors import Actor
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 MAX_DIGESTS_PER_QUERY = 1000
 # S3 allows at most 10,000 parts per multipart upload.
 MAX_PARTS = 10_000
+# Chunk size of blob downloads: each chunk costs one worker-thread hop in the
+# response, so small chunks cap the throughput.
+DOWNLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def find_missing_blobs(session: Session, digests: list[str]) -> list[str]:
@@ -53,14 +56,35 @@ def store_blob(
     actor.require("writer")
     check_digest(digest)
     _check_declared_size(digest, declared_size, max_bytes)
-    size = store.put_blob(digest, chunks, max_bytes=max_bytes)
+    size = _put_and_record(uow, store, actor, digest=digest, chunks=chunks, max_bytes=max_bytes)
     if declared_size is not None and size != declared_size:
         raise InvalidInput(
             f"blob {digest} declared {declared_size} bytes but {size} arrived; send it again"
         )
-    with uow() as session:
-        _record_blob(session, actor, digest=digest, size=size)
     return {"digest": digest, "size": size}
+
+
+def _put_and_record(
+    uow: UnitOfWork,
+    store: BlobStore,
+    actor: Actor,
+    *,
+    digest: str,
+    chunks: Iterable[bytes],
+    max_bytes: int,
+) -> int:
+    size = store.put_blob(digest, chunks, max_bytes=max_bytes)
+    try:
+        with uow() as session:
+            _record_blob(session, store, actor, digest=digest, size=size)
+    except _ObjectRemoved:
+        # put_blob found the object already stored and left the body unread, then gc
+        # removed that object: store the body now.
+        log.warning("blob %s was garbage collected during its upload; storing it again", digest)
+        size = store.put_blob(digest, chunks, max_bytes=max_bytes)
+        with uow() as session:
+            _record_blob(session, store, actor, digest=digest, size=size)
+    return size
 
 
 def _check_declared_size(digest: str, size: int | None, max_bytes: int) -> None:
@@ -75,7 +99,18 @@ def _check_declared_size(digest: str, size: int | None, max_bytes: int) -> None:
         )
 
 
-def _record_blob(session: Session, actor: Actor, *, digest: str, size: int) -> None:
+class _ObjectRemoved(Exception):
+    """The stored object of a blob vanished between storing it and recording its row."""
+
+
+def _record_blob(
+    session: Session, store: BlobStore, actor: Actor, *, digest: str, size: int
+) -> None:
+    # gc deletes an object that has no row while holding the same lock, so the
+    # object cannot vanish between this check and the insert.
+    lock_blob_digest(session, digest)
+    if not store.has_blob(digest):
+        raise _ObjectRemoved(digest)
     inserted = insert_ignore(
         session,
         Blob.__table__,  # type: ignore[arg-type]
@@ -185,7 +220,8 @@ def upload_part(
             f"parts are numbered 1 to {part_count}"
         )
     expected = part_size if part_number < part_count else size - part_size * (part_count - 1)
-    info = store.put_part(upload_id, handle, part_number, chunks, max_bytes=expected)
+    offset = part_size * (part_number - 1)
+    info = store.put_part(upload_id, handle, part_number, chunks, max_bytes=expected, offset=offset)
     if info.size != expected:
         raise InvalidInput(
             f"part {part_number} of upload {upload_id} has {info.size} bytes, "
@@ -194,15 +230,10 @@ def upload_part(
     with uow() as session:
         row = _get_upload_row(session, upload_id, lock=True)
         parts = dict(row.parts)
-        parts[str(part_number)] = {"size": info.size, "digest": info.digest, "etag": info.etag}
+        parts[str(part_number)] = {"size": info.size, "etag": info.etag}
         row.parts = parts
         row.updated_at = utcnow()
-    return {
-        "upload_id": upload_id,
-        "part_number": part_number,
-        "size": info.size,
-        "digest": info.digest,
-    }
+    return {"upload_id": upload_id, "part_number": part_number, "size": info.size}
 
 
 def complete_upload(
@@ -217,13 +248,26 @@ def complete_upload(
     stored_size = store.complete_upload(upload_id, handle, parts, digest)
     if stored_size != size:
         raise Conflict(f"upload {upload_id} assembled {stored_size} bytes, expected {size}")
-    with uow() as session:
-        _record_blob(session, actor, digest=digest, size=size)
-        finished = session.get(UploadSession, upload_id)
-        if finished is not None:
-            session.delete(finished)
+    try:
+        with uow() as session:
+            _record_blob(session, store, actor, digest=digest, size=size)
+            _delete_upload_row(session, upload_id)
+    except _ObjectRemoved:
+        # The store found the blob present and dropped the parts, then gc removed it.
+        with uow() as session:
+            _delete_upload_row(session, upload_id)
+        raise Conflict(
+            f"blob {digest} was garbage collected while upload {upload_id} completed; "
+            "upload the file again"
+        ) from None
     log.info("upload %s completed: %s", upload_id, digest)
     return {"digest": digest, "size": size}
+
+
+def _delete_upload_row(session: Session, upload_id: str) -> None:
+    finished = session.get(UploadSession, upload_id)
+    if finished is not None:
+        session.delete(finished)
 
 
 def _parts_in_order(row: UploadSession) -> list[PartInfo]:
@@ -235,7 +279,7 @@ def _parts_in_order(row: UploadSession) -> list[PartInfo]:
             "send them, then complete the upload"
         )
     return [
-        PartInfo(part_number=n, size=p["size"], digest=p["digest"], etag=p["etag"])
+        PartInfo(part_number=n, size=p["size"], etag=p["etag"])
         for n, p in sorted((int(k), v) for k, v in row.parts.items())
     ]
 
@@ -256,4 +300,4 @@ def open_blob(session: Session, store: BlobStore, digest: str) -> tuple[int, Ite
     row = session.get(Blob, digest)
     if row is None:
         raise NotFound(f"blob {digest} not found in this registry")
-    return row.size, store.open_blob(digest)
+    return row.size, store.open_blob(digest, chunk_size=DOWNLOAD_CHUNK_BYTES)

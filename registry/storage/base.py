@@ -9,16 +9,26 @@ Key layout, relative to the store's root (a directory or an S3 prefix):
 
     blobs/sha256/<first two hex digits>/<64 hex digits>   verified content
     uploads/<upload id>/...                               parts of an upload in flight
+
+A multipart upload is verified in one of two ways. While its parts arrive in
+order, the store keeps a running sha256 of the whole upload (``RunningDigests``)
+and completing it needs no second pass over the bytes. When that chain is
+broken (a restarted server, a part out of order, a part sent again with other
+bytes), completing the upload reads the assembled bytes back and hashes them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from registry.errors import InvalidInput
 
@@ -26,6 +36,9 @@ DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 # S3 numbers multipart parts from 1 to 10,000; every store accepts the same range.
 MAX_PART_NUMBER = 10_000
+# Uploads whose running digest one store object keeps; the least recently used
+# beyond this are dropped and fall back to reading their bytes back.
+MAX_RUNNING_DIGESTS = 1000
 
 
 def check_digest(digest: str) -> str:
@@ -67,9 +80,9 @@ class PartInfo:
 
     part_number: int
     size: int
-    # sha256 of the part's bytes, "sha256:<hex>".
-    digest: str
-    # Backend token needed to assemble the part (the S3 ETag; empty for files).
+    # Token of this write of the part: the S3 ETag, or a random id per write for
+    # files. Completion compares it with the token the running sha256 recorded,
+    # so a part replaced after it was hashed is detected.
     etag: str
 
 
@@ -103,6 +116,118 @@ def sorted_parts(parts: list[PartInfo]) -> list[PartInfo]:
                 f"part {part.part_number} is listed twice; list each uploaded part once"
             )
     return ordered
+
+
+@dataclass
+class _Chain:
+    """The running sha256 of an upload's parts 1..n, hashed in order as they arrived."""
+
+    sha256: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+    # (size, etag) of each part hashed into ``sha256``, in part-number order.
+    parts: list[tuple[int, str]] = field(default_factory=list)
+    # True while a part that continues the chain is streaming in.
+    busy: bool = False
+
+
+class PartHasher:
+    """Count one part's bytes while it streams and, if it continues the chain, hash them.
+
+    A part that does not continue the chain (out of order, or sent again) is
+    not hashed here: completing its upload reads the assembled bytes back.
+    A store calls ``update`` for every chunk and ``commit`` once the part is
+    stored for good. Leaving the ``RunningDigests.hash_part`` block without
+    ``commit`` leaves the chain where it was, so sending the part again continues it.
+    """
+
+    def __init__(self, chain: _Chain | None, lock: threading.Lock) -> None:
+        self._chain = chain
+        self._lock = lock
+        self._running = chain.sha256.copy() if chain is not None else None
+        self.size = 0
+        self.committed = False
+
+    @property
+    def continues_chain(self) -> bool:
+        return self._running is not None
+
+    def update(self, chunk: bytes) -> None:
+        if self._running is not None:
+            self._running.update(chunk)
+        self.size += len(chunk)
+
+    def commit(self, info: PartInfo) -> None:
+        """Record the stored part; advance the chain if this part continues it."""
+        self.committed = True
+        if self._chain is None or self._running is None:
+            return
+        with self._lock:
+            self._chain.sha256 = self._running
+            self._chain.size += info.size
+            self._chain.parts.append((info.size, info.etag))
+            self._chain.busy = False
+
+    def release(self) -> None:
+        if self._chain is not None and self._running is not None and not self.committed:
+            with self._lock:
+                self._chain.busy = False
+
+
+class RunningDigests:
+    """The running sha256 of each upload in flight, advanced while its parts arrive in order.
+
+    One store object keeps one in memory, so the state is per server process:
+    parts of one upload that reach several processes, or a restart, leave no
+    complete chain, and the store reads the bytes back instead. Completing an
+    upload uses the chain only if it covers exactly the listed parts, with the
+    same sizes and write tokens (``PartInfo.etag``), so a part replaced after it
+    was hashed also forces the read-back.
+    """
+
+    def __init__(self, *, max_uploads: int = MAX_RUNNING_DIGESTS) -> None:
+        self._lock = threading.Lock()
+        self._chains: OrderedDict[str, _Chain] = OrderedDict()
+        self._max_uploads = max_uploads
+
+    @contextmanager
+    def hash_part(self, upload_id: str, part_number: int, *, offset: int) -> Iterator[PartHasher]:
+        """Yield a hasher for one part; it extends the chain if the part is the next in order."""
+        hasher = PartHasher(self._claim(upload_id, part_number, offset), self._lock)
+        try:
+            yield hasher
+        finally:
+            hasher.release()
+
+    def _claim(self, upload_id: str, part_number: int, offset: int) -> _Chain | None:
+        with self._lock:
+            chain = self._chains.get(upload_id)
+            if chain is None and part_number == 1:
+                chain = self._chains[upload_id] = _Chain()
+                while len(self._chains) > self._max_uploads:
+                    self._chains.popitem(last=False)
+            if chain is None or chain.busy:
+                return None
+            if part_number != len(chain.parts) + 1 or offset != chain.size:
+                return None
+            self._chains.move_to_end(upload_id)
+            chain.busy = True
+            return chain
+
+    def digest_of(self, upload_id: str, parts: list[PartInfo]) -> str | None:
+        """Return the running digest if the chain covers exactly ``parts`` (sorted), else None."""
+        expected = [(part.size, part.etag) for part in parts]
+        numbers = [part.part_number for part in parts]
+        with self._lock:
+            chain = self._chains.get(upload_id)
+            if chain is None or chain.busy or chain.parts != expected:
+                return None
+            if numbers != list(range(1, len(parts) + 1)):
+                return None
+            return f"sha256:{chain.sha256.hexdigest()}"
+
+    def forget(self, upload_id: str) -> None:
+        with self._lock:
+            self._chains.pop(upload_id, None)
 
 
 class BlobStore(Protocol):
@@ -149,8 +274,13 @@ class BlobStore(Protocol):
         chunks: Iterable[bytes],
         *,
         max_bytes: int,
+        offset: int,
     ) -> PartInfo:
-        """Stage one part (numbered from 1); uploading a part number again replaces it."""
+        """Stage one part (numbered from 1); uploading a part number again replaces it.
+
+        ``offset`` is where the part starts in the blob: the sizes of all parts
+        before it. Parts sent in order extend the upload's running sha256.
+        """
         ...
 
     def complete_upload(
@@ -158,7 +288,9 @@ class BlobStore(Protocol):
     ) -> int:
         """Assemble the parts in order, verify the digest, move to the blob key.
 
-        Return the blob size. On a digest mismatch the staged data is removed and
+        The running sha256 verifies an upload whose parts arrived in order;
+        otherwise the assembled bytes are read back and hashed. Return the blob
+        size. On a digest mismatch the staged data is removed and
         ``DigestMismatch`` raised.
         """
         ...

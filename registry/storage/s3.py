@@ -19,7 +19,9 @@ from registry.storage.base import (
     DIGEST_PATTERN,
     UPLOAD_ID_PATTERN,
     BlobInfo,
+    PartHasher,
     PartInfo,
+    RunningDigests,
     StagedUpload,
     blob_key,
     check_digest,
@@ -69,6 +71,10 @@ class S3BlobStore:
     Bytes are verified before they are copied to their blob key, so a blob key
     only ever contains bytes that hash to its digest. The boto3 client is passed
     in, so its endpoint, credentials and retries are the caller's choice.
+
+    A multipart upload whose parts arrived in order is verified by its running
+    sha256; ``complete_multipart_upload`` lists each part's ETag, so S3 assembles
+    exactly the parts that were hashed. Other uploads are read back once.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class S3BlobStore:
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.copy_part_bytes = copy_part_bytes
         self.max_copy_object_bytes = max_copy_object_bytes
+        self._running = RunningDigests()
 
     def __repr__(self) -> str:
         return f"S3BlobStore('s3://{self.bucket}/{self.prefix}')"
@@ -274,31 +281,37 @@ class S3BlobStore:
         chunks: Iterable[bytes],
         *,
         max_bytes: int,
+        offset: int,
     ) -> PartInfo:
         """Stage one part, spooled to a temporary file because upload_part needs its length."""
         check_part_number(part_number)
         key = self._staging_key(upload_id)
         with (
-            _spool(chunks, max_bytes=max_bytes) as (file, size, digest),
-            self._translate(f"upload_part {part_number}", key),
+            self._running.hash_part(upload_id, part_number, offset=offset) as hasher,
+            _spool(chunks, hasher, max_bytes=max_bytes) as file,
         ):
-            response = self.client.upload_part(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=handle,
-                PartNumber=part_number,
-                Body=file,
-                ContentLength=size,
-            )
-        return PartInfo(part_number=part_number, size=size, digest=digest, etag=response["ETag"])
+            with self._translate(f"upload_part {part_number}", key):
+                response = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=handle,
+                    PartNumber=part_number,
+                    Body=file,
+                    ContentLength=hasher.size,
+                )
+            info = PartInfo(part_number=part_number, size=hasher.size, etag=response["ETag"])
+            hasher.commit(info)
+        return info
 
     def complete_upload(
         self, upload_id: str, handle: str, parts: list[PartInfo], digest: str
     ) -> int:
-        """Assemble the parts, read the object back once to verify its sha256, then publish it.
+        """Assemble the parts, verify the sha256, then publish the object.
 
-        S3's own checksums of a multipart object are checksums of the part
-        checksums, not a sha256 of the content, so the bytes are hashed here.
+        The running sha256 verifies an upload whose parts arrived in order.
+        Otherwise the object is read back once: S3's own checksums of a
+        multipart object are checksums of the part checksums, not a sha256 of
+        the content.
         """
         check_digest(digest)
         ordered = sorted_parts(parts)
@@ -307,6 +320,13 @@ class S3BlobStore:
         if self.has_blob(digest):
             self.abort_upload(upload_id, handle)
             return self.blob_size(digest)
+        running = self._running.digest_of(upload_id, ordered)
+        if running is not None and running != digest:
+            self.abort_upload(upload_id, handle)
+            raise DigestMismatch(
+                f"upload {upload_id} hashes to {running}, not the declared {digest}; "
+                "the staged parts were removed, upload the blob again"
+            )
         with self._translate("complete_multipart_upload", key):
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
@@ -316,7 +336,12 @@ class S3BlobStore:
                     "Parts": [{"PartNumber": p.part_number, "ETag": p.etag} for p in ordered]
                 },
             )
-        size, computed = self._hash_object(key)
+        self._running.forget(upload_id)
+        if running is None:
+            logger.info("upload %s: parts did not all arrive in order; reading it back", upload_id)
+            size, computed = self._hash_object(key)
+        else:
+            size, computed = sum(part.size for part in ordered), running
         self._publish(key, digest, computed=computed, size=size, source=f"upload {upload_id}")
         logger.info("stored blob %s (%d bytes) from upload %s", digest, size, upload_id)
         return size
@@ -341,6 +366,7 @@ class S3BlobStore:
         finished), every multipart upload in flight at the staging key is aborted.
         """
         key = self._staging_key(upload_id)
+        self._running.forget(upload_id)
         for upload_handle in [handle] if handle else self._multipart_handles(key):
             try:
                 with self._translate("abort_multipart_upload", key):
@@ -520,16 +546,13 @@ def _raise_too_large(max_bytes: int) -> NoReturn:
 
 
 @contextmanager
-def _spool(chunks: Iterable[bytes], *, max_bytes: int) -> Iterator[tuple[IO[bytes], int, str]]:
-    """Spool chunks to a temporary file (in memory up to 8 MiB); yield it, its size and digest."""
-    sha256 = hashlib.sha256()
-    size = 0
+def _spool(chunks: Iterable[bytes], hasher: PartHasher, *, max_bytes: int) -> Iterator[IO[bytes]]:
+    """Spool chunks to a temporary file (in memory up to 8 MiB), hashing them; yield the file."""
     with tempfile.SpooledTemporaryFile(max_size=PUT_PART_BYTES) as file:
         for chunk in chunks:
-            size += len(chunk)
-            if size > max_bytes:
+            if hasher.size + len(chunk) > max_bytes:
                 _raise_too_large(max_bytes)
-            sha256.update(chunk)
+            hasher.update(chunk)
             file.write(chunk)
         file.seek(0)
-        yield file, size, f"sha256:{sha256.hexdigest()}"
+        yield file

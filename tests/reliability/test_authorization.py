@@ -104,6 +104,9 @@ def secrets_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """The server's log lines: the registry's at debug level, its libraries' at info."""
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="registry")
+    # As `adapterreg` configures them: botocore's debug lines carry request signatures.
+    for library in ("botocore", "boto3", "s3transfer", "urllib3"):
+        caplog.set_level(logging.INFO, logger=library)
     return caplog
 
 

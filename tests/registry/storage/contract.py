@@ -6,6 +6,7 @@ A subclass provides a ``blob_store`` fixture that yields an empty store.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 from collections.abc import Iterator
@@ -54,7 +55,14 @@ def upload_parts(
 ) -> list[PartInfo]:
     pieces = {n + 1: data[n * PART_BYTES : (n + 1) * PART_BYTES] for n in range(3)}
     return [
-        store.put_part(upload_id, handle, number, chunked(pieces[number]), max_bytes=LIMIT)
+        store.put_part(
+            upload_id,
+            handle,
+            number,
+            chunked(pieces[number]),
+            max_bytes=LIMIT,
+            offset=(number - 1) * PART_BYTES,
+        )
         for number in order
     ]
 
@@ -160,8 +168,65 @@ class BlobStoreContract:
 
         assert part.part_number == 2
         assert part.size == PART_BYTES
-        assert part.digest == digest_of(multipart_data[PART_BYTES : 2 * PART_BYTES])
+        assert part.etag
         blob_store.abort_upload(upload_id, handle)
+
+    def test_multipart_in_order_not_read_back(
+        self, blob_store: BlobStore, multipart_data: bytes, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        upload_id = os.urandom(16).hex()
+        handle = blob_store.start_upload(upload_id)
+        parts = upload_parts(blob_store, upload_id, handle, multipart_data, [1, 2, 3])
+
+        with caplog.at_level(logging.INFO, logger="registry.storage"):
+            blob_store.complete_upload(upload_id, handle, parts, digest_of(multipart_data))
+
+        assert "reading" not in caplog.text
+        assert b"".join(blob_store.open_blob(digest_of(multipart_data))) == multipart_data
+
+    def test_multipart_out_of_order_read_back(
+        self, blob_store: BlobStore, multipart_data: bytes, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        upload_id = os.urandom(16).hex()
+        handle = blob_store.start_upload(upload_id)
+        parts = upload_parts(blob_store, upload_id, handle, multipart_data, [2, 1, 3])
+
+        with caplog.at_level(logging.INFO, logger="registry.storage"):
+            blob_store.complete_upload(upload_id, handle, parts, digest_of(multipart_data))
+
+        assert "reading" in caplog.text
+
+    def test_multipart_part_replaced_after_hashing(
+        self, blob_store: BlobStore, multipart_data: bytes
+    ) -> None:
+        # Part 2 is hashed into the running sha256, then replaced by other bytes:
+        # the running sha256 no longer describes the staged bytes.
+        upload_id = os.urandom(16).hex()
+        handle = blob_store.start_upload(upload_id)
+        parts = upload_parts(blob_store, upload_id, handle, multipart_data, [1, 2, 3])
+        replaced = blob_store.put_part(
+            upload_id, handle, 2, chunked(bytes(PART_BYTES)), max_bytes=LIMIT, offset=PART_BYTES
+        )
+        listed = [parts[0], replaced, parts[2]]
+
+        with pytest.raises(DigestMismatch):
+            blob_store.complete_upload(upload_id, handle, listed, digest_of(multipart_data))
+
+        assert not blob_store.has_blob(digest_of(multipart_data))
+
+    def test_multipart_part_resent_after_hashing(
+        self, blob_store: BlobStore, multipart_data: bytes
+    ) -> None:
+        upload_id = os.urandom(16).hex()
+        handle = blob_store.start_upload(upload_id)
+        parts = upload_parts(blob_store, upload_id, handle, multipart_data, [1, 2, 3])
+        again = upload_parts(blob_store, upload_id, handle, multipart_data, [2])[0]
+        digest = digest_of(multipart_data)
+
+        size = blob_store.complete_upload(upload_id, handle, [parts[0], again, parts[2]], digest)
+
+        assert size == len(multipart_data)
+        assert b"".join(blob_store.open_blob(digest)) == multipart_data
 
     def test_multipart_resent_part_replaces(
         self, blob_store: BlobStore, multipart_data: bytes
@@ -169,7 +234,9 @@ class BlobStoreContract:
         upload_id = os.urandom(16).hex()
         handle = blob_store.start_upload(upload_id)
         wrong = bytes(PART_BYTES)
-        blob_store.put_part(upload_id, handle, 2, chunked(wrong), max_bytes=LIMIT)
+        blob_store.put_part(
+            upload_id, handle, 2, chunked(wrong), max_bytes=LIMIT, offset=PART_BYTES
+        )
         parts = upload_parts(blob_store, upload_id, handle, multipart_data, [1, 2, 3])
         digest = digest_of(multipart_data)
 
@@ -197,7 +264,9 @@ class BlobStoreContract:
         handle = blob_store.start_upload(upload_id)
 
         with pytest.raises(PayloadTooLarge):
-            blob_store.put_part(upload_id, handle, 1, chunked(bytes(4096), 512), max_bytes=1024)
+            blob_store.put_part(
+                upload_id, handle, 1, chunked(bytes(4096), 512), max_bytes=1024, offset=0
+            )
 
         blob_store.abort_upload(upload_id, handle)
 
@@ -206,16 +275,16 @@ class BlobStoreContract:
         handle = blob_store.start_upload(upload_id)
 
         with pytest.raises(InvalidInput):
-            blob_store.put_part(upload_id, handle, 0, [b"x"], max_bytes=LIMIT)
+            blob_store.put_part(upload_id, handle, 0, [b"x"], max_bytes=LIMIT, offset=0)
         with pytest.raises(InvalidInput):
-            blob_store.put_part(upload_id, handle, 10_001, [b"x"], max_bytes=LIMIT)
+            blob_store.put_part(upload_id, handle, 10_001, [b"x"], max_bytes=LIMIT, offset=0)
 
         blob_store.abort_upload(upload_id, handle)
 
     def test_multipart_repeated_part_in_list(self, blob_store: BlobStore) -> None:
         upload_id = os.urandom(16).hex()
         handle = blob_store.start_upload(upload_id)
-        part = blob_store.put_part(upload_id, handle, 1, [b"abc"], max_bytes=LIMIT)
+        part = blob_store.put_part(upload_id, handle, 1, [b"abc"], max_bytes=LIMIT, offset=0)
 
         with pytest.raises(InvalidInput):
             blob_store.complete_upload(upload_id, handle, [part, part], digest_of(b"abcabc"))
@@ -225,7 +294,7 @@ class BlobStoreContract:
     def test_abort_upload_removes_staged_parts(self, blob_store: BlobStore) -> None:
         upload_id = os.urandom(16).hex()
         handle = blob_store.start_upload(upload_id)
-        blob_store.put_part(upload_id, handle, 1, [b"partial"], max_bytes=LIMIT)
+        blob_store.put_part(upload_id, handle, 1, [b"partial"], max_bytes=LIMIT, offset=0)
 
         blob_store.abort_upload(upload_id, handle)
 
@@ -236,7 +305,7 @@ class BlobStoreContract:
         # Garbage collection has the upload id of a staged upload but not its handle.
         upload_id = os.urandom(16).hex()
         handle = blob_store.start_upload(upload_id)
-        blob_store.put_part(upload_id, handle, 1, [b"partial"], max_bytes=LIMIT)
+        blob_store.put_part(upload_id, handle, 1, [b"partial"], max_bytes=LIMIT, offset=0)
 
         blob_store.abort_upload(upload_id, "")
 
@@ -245,7 +314,7 @@ class BlobStoreContract:
     def test_iter_staged_uploads_lists_upload(self, blob_store: BlobStore) -> None:
         upload_id = os.urandom(16).hex()
         handle = blob_store.start_upload(upload_id)
-        blob_store.put_part(upload_id, handle, 1, [b"partial"], max_bytes=LIMIT)
+        blob_store.put_part(upload_id, handle, 1, [b"partial"], max_bytes=LIMIT, offset=0)
         now = datetime.now(UTC)
 
         staged = list(blob_store.iter_staged_uploads())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -72,8 +73,8 @@ def test_local_complete_rejects_size_mismatch(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path)
     upload_id = os.urandom(16).hex()
     handle = store.start_upload(upload_id)
-    part = store.put_part(upload_id, handle, 1, [b"abc"], max_bytes=LIMIT)
-    stale = type(part)(part_number=1, size=2, digest=part.digest, etag="")
+    part = store.put_part(upload_id, handle, 1, [b"abc"], max_bytes=LIMIT, offset=0)
+    stale = dataclasses.replace(part, size=2)
 
     with pytest.raises(InvalidInput) as caught:
         store.complete_upload(upload_id, handle, [stale], digest_of(b"abc"))
@@ -89,7 +90,7 @@ def test_local_put_part_after_abort_not_found(tmp_path: Path) -> None:
     store.abort_upload(upload_id, handle)
 
     with pytest.raises(NotFound):
-        store.put_part(upload_id, handle, 1, [b"late"], max_bytes=LIMIT)
+        store.put_part(upload_id, handle, 1, [b"late"], max_bytes=LIMIT, offset=0)
 
 
 WRITER = textwrap.dedent(

@@ -92,7 +92,9 @@ def test_s3_small_parts_rejected(s3_client: Any, s3_bucket: str) -> None:
     upload_id = os.urandom(16).hex()
     handle = store.start_upload(upload_id)
     parts = [
-        store.put_part(upload_id, handle, number, [b"x" * 1000], max_bytes=LIMIT)
+        store.put_part(
+            upload_id, handle, number, [b"x" * 1000], max_bytes=LIMIT, offset=(number - 1) * 1000
+        )
         for number in (1, 2)
     ]
 
@@ -108,7 +110,7 @@ def test_s3_stale_etag_rejected(s3_client: Any, s3_bucket: str) -> None:
     store = S3BlobStore(s3_client, s3_bucket)
     upload_id = os.urandom(16).hex()
     handle = store.start_upload(upload_id)
-    part = store.put_part(upload_id, handle, 1, [b"only part"], max_bytes=LIMIT)
+    part = store.put_part(upload_id, handle, 1, [b"only part"], max_bytes=LIMIT, offset=0)
     stale = dataclasses.replace(part, etag='"00000000000000000000000000000000"')
 
     with pytest.raises(InvalidInput) as caught:
