@@ -74,7 +74,7 @@ def save_checkpoint(
     if context.is_main:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        model.save_pretrained(str(partial / ADAPTER_DIR))
+        save_adapter(model, partial / ADAPTER_DIR)
         torch.save(optimizer.state_dict(), partial / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")
         shared = {
@@ -99,6 +99,16 @@ def save_checkpoint(
         logger.info("saved checkpoint at step %d to %s", state.step, directory)
     barrier(context)
     return directory
+
+
+def save_adapter(model: PeftModel, directory: Path) -> None:
+    """Save the adapter with PEFT's ``save_pretrained`` (safetensors).
+
+    The trainer never resizes the vocabulary, so full embedding matrices are
+    never saved. Leaving ``save_embedding_layers`` at "auto" would make PEFT
+    look up ``base_model_name_or_path``, a registry name, on the Hugging Face Hub.
+    """
+    model.save_pretrained(str(directory), save_embedding_layers=False)
 
 
 def _rank_state(state: TrainingState) -> dict[str, Any]:

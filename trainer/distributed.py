@@ -38,6 +38,11 @@ class DistributedContext:
         return self.rank == 0
 
 
+def current_rank() -> int:
+    """Return this process's global rank as torchrun set it, 0 outside torchrun."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @contextmanager
 def distributed_context() -> Iterator[DistributedContext]:
     """Join the torchrun process group when WORLD_SIZE > 1; leave it on exit.

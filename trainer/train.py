@@ -40,6 +40,7 @@ from trainer.checkpoint import (
     check_resumable,
     load_checkpoint,
     read_checkpoint_state,
+    save_adapter,
     save_checkpoint,
 )
 from trainer.data import (
@@ -87,6 +88,8 @@ DEFAULT_EVAL_SPLIT = "validation"
 NO_EVAL = "none"
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoint"
+# Batches per megabatch when grouping by length; transformers' LengthGroupedSampler uses 50.
+MEGABATCH_FACTOR = 50
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None  # stop after this many optimizer steps in total
     batch_size: int = 16  # examples per optimizer step and process
+    # Batch examples of similar length together, which cuts padding (and time)
+    # when lengths vary; see epoch_batches.
+    group_by_length: bool = False
     lr: float = 2e-4  # peak learning rate of AdamW
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1  # fraction of all steps over which the lr rises from 0
@@ -321,7 +327,7 @@ def _run(
     # Save: PEFT's own format (adapter_config.json + adapter_model.safetensors).
     adapter_dir = output_dir / ADAPTER_DIR
     if context.is_main:
-        model.save_pretrained(str(adapter_dir))
+        save_adapter(model, adapter_dir)
     barrier(context)
     trainable_count, total_count = model.get_nb_trainable_parameters()
     run = {
@@ -337,6 +343,7 @@ def _run(
         "wall_time_s": state.elapsed_s + time.monotonic() - started,
         "trainable_params": int(trainable_count),
         "total_params": int(total_count),
+        "trainable_fraction": trainable_count / total_count if total_count else None,
         "metrics": state.metrics,
     }
     logger.info("saved adapter %s to %s after %d steps", config.adapter, adapter_dir, state.step)
@@ -377,9 +384,7 @@ def wrap_with_peft(
     # PEFT already trains and saves the heads it knows for the task ("classifier" and
     # "score" for seq-cls); other new modules are added to modules_to_save.
     known_heads = {"classifier", "score"} if config.task == "seq-cls" else set()
-    extra_modules = [
-        name for name in loaded.new_modules if not known_heads & set(name.split("."))
-    ]
+    extra_modules = [name for name in loaded.new_modules if not known_heads & set(name.split("."))]
     peft_config = build_peft_config(
         config.method, task=config.task, modules_to_save=extra_modules or None
     )
@@ -424,12 +429,38 @@ def resolve_eval_split(requested: str | None, record: dict[str, Any]) -> str | N
 
 
 def epoch_batches(
-    sampler: DistributedSampler[int], *, epoch: int, batch_size: int
+    sampler: DistributedSampler[int],
+    *,
+    epoch: int,
+    batch_size: int,
+    lengths: list[int] | None = None,
 ) -> list[list[int]]:
-    """Return this process's batches of example indices for ``epoch``."""
+    """Return this process's batches of example indices for ``epoch``.
+
+    With ``lengths`` (tokens per example), batches group examples of similar
+    length, as transformers' ``group_by_length`` does: the permutation is cut
+    into megabatches of MEGABATCH_FACTOR batches, each sorted by length. The
+    batches are then shuffled with a generator seeded by the sampler's seed and
+    the epoch, so long and short batches alternate.
+    """
     sampler.set_epoch(epoch)
     indices = list(sampler)
-    return [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    if lengths is not None:
+        indices = _sorted_megabatches(indices, lengths, batch_size=batch_size)
+    batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    if lengths is not None:
+        generator = torch.Generator().manual_seed(sampler.seed + epoch)
+        order = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in order]
+    return batches
+
+
+def _sorted_megabatches(indices: list[int], lengths: list[int], *, batch_size: int) -> list[int]:
+    size = batch_size * MEGABATCH_FACTOR
+    ordered: list[int] = []
+    for start in range(0, len(indices), size):
+        ordered += sorted(indices[start : start + size], key=lambda i: -lengths[i])
+    return ordered
 
 
 @dataclass
@@ -496,7 +527,14 @@ class _Loop:
         loop_seconds = 0.0
         while state.epoch < self.config.epochs:
             progress.set_epoch(state.epoch)
-            batches = epoch_batches(sampler, epoch=state.epoch, batch_size=self.config.batch_size)
+            batches = epoch_batches(
+                sampler,
+                epoch=state.epoch,
+                batch_size=self.config.batch_size,
+                lengths=[len(e.input_ids) for e in train_examples]
+                if self.config.group_by_length
+                else None,
+            )
             epoch_started = time.monotonic()
             for indices in batches[state.step_in_epoch :]:
                 if state.step >= total_steps:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from tests.trainer.builders import (
     write_jsonl,
 )
 from trainer.fortunes import FORTUNES_DIR, build_fortunes_dataset
+
+# Session-scoped fixtures load models too, before any per-test environment applies.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Rows per label and split in the small classification dataset of the fast tests.
 SMALL_PER_LABEL = {"train": 12, "validation": 4}
@@ -75,25 +79,27 @@ def causal_rows() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def causal_dataset(causal_rows: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def causal_dataset(
+    causal_rows: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("causal") / "causal.jsonl", causal_rows)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def bert_record(tiny_bert: Path) -> dict[str, Any]:
     return base_record(tiny_bert, name="tiny-bert")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def llama_record(char_llama: Path) -> dict[str, Any]:
     return base_record(char_llama, name="char-llama")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def small_record(small_classification: Path) -> dict[str, Any]:
     return dataset_record(small_classification, name="small-fortunes")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def causal_record(causal_dataset: Path) -> dict[str, Any]:
     return dataset_record(causal_dataset, name="say-words")

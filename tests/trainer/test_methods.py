@@ -77,8 +77,9 @@ def test_validate_rejects_unknown_task() -> None:
 
 def test_build_lora_config_fields() -> None:
     options = validate_method_options(
-        MethodOptions(r=4, alpha=8, dropout=0.0, target_modules=("query", "value"),
-                      rank_pattern={"value": 2}),
+        MethodOptions(
+            r=4, alpha=8, dropout=0.0, target_modules=("query", "value"), rank_pattern={"value": 2}
+        ),
         task="seq-cls",
     )
 
@@ -107,8 +108,11 @@ def test_build_dora_config_sets_use_dora() -> None:
 
 @pytest.mark.parametrize(
     ("method", "config_class"),
-    [("ia3", IA3Config), ("prompt-tuning", PromptTuningConfig),
-     ("prefix-tuning", PrefixTuningConfig)],
+    [
+        ("ia3", IA3Config),
+        ("prompt-tuning", PromptTuningConfig),
+        ("prefix-tuning", PrefixTuningConfig),
+    ],
 )
 def test_build_config_class_per_method(method: str, config_class: type) -> None:
     options = validate_method_options(MethodOptions(method=method), task="causal-lm")

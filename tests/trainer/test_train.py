@@ -9,16 +9,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import peft
 import pytest
+import torch
+import transformers
 from peft import PeftModel
 from safetensors.torch import load_file
+from torch.utils.data import DistributedSampler
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from registry.errors import IntegrityError, InvalidInput
 from tests.trainer.builders import directory_bytes, read_jsonl
 from trainer.checkpoint import TrainingState
 from trainer.methods import MethodOptions
-from trainer.train import TrainConfig, TrainingInterrupted, TrainResult, train_adapter
+from trainer.train import (
+    TrainConfig,
+    TrainingInterrupted,
+    TrainResult,
+    epoch_batches,
+    train_adapter,
+)
 
 EPOCHS = 2
 BATCH_SIZE = 8
@@ -57,12 +67,15 @@ def _interrupt_at(step: int) -> Any:
     return on_step
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def reference_run(
-    tmp_path: Path, bert_record: dict[str, Any], small_record: dict[str, Any]
+    tmp_path_factory: pytest.TempPathFactory,
+    bert_record: dict[str, Any],
+    small_record: dict[str, Any],
 ) -> TrainResult:
     """An uninterrupted two-epoch run that the other runs are compared with."""
-    return _train_bert(_bert_config(tmp_path / "reference"), bert_record, small_record)
+    output_dir = tmp_path_factory.mktemp("reference")
+    return _train_bert(_bert_config(output_dir), bert_record, small_record)
 
 
 def test_train_saves_loadable_peft_adapter(reference_run: TrainResult, tiny_bert: Path) -> None:
@@ -100,6 +113,13 @@ def test_train_run_record_fields(reference_run: TrainResult) -> None:
     assert run["hardware"]["world_size"] == 1
     assert run["hardware"]["device"] == "cpu"
     assert 0 < run["trainable_params"] < run["total_params"]
+    assert run["trainable_fraction"] == run["trainable_params"] / run["total_params"]
+    assert run["packages"]["torch"] == torch.__version__
+    assert run["packages"]["peft"] == peft.__version__
+    assert run["packages"]["transformers"] == transformers.__version__
+    assert run["code_version"] is None or len(run["code_version"].removesuffix("-dirty")) == 40
+    assert run["hyperparameters"]["method"] == "lora"
+    assert run["hyperparameters"]["max_length"] == 32
     assert datetime.fromisoformat(run["started_at"]).tzinfo is not None
     assert datetime.fromisoformat(run["ended_at"]) >= datetime.fromisoformat(run["started_at"])
     assert run["wall_time_s"] > 0
@@ -163,9 +183,7 @@ def test_resume_after_sigint_same_bytes(
     assert raised.value.step == interrupt_step
     assert not (tmp_path / "interrupted" / "adapter").exists()
 
-    resumed = _train_bert(
-        replace(config, resume=checkpoint), bert_record, small_record
-    )
+    resumed = _train_bert(replace(config, resume=checkpoint), bert_record, small_record)
 
     assert directory_bytes(resumed.adapter_dir) == directory_bytes(reference_run.adapter_dir)
     assert resumed.run["metrics"] == reference_run.run["metrics"]
@@ -210,9 +228,7 @@ def test_resume_not_a_checkpoint(
     tmp_path: Path, bert_record: dict[str, Any], small_record: dict[str, Any]
 ) -> None:
     with pytest.raises(Exception, match="not a checkpoint directory"):
-        _train_bert(
-            _bert_config(tmp_path / "run", resume=tmp_path), bert_record, small_record
-        )
+        _train_bert(_bert_config(tmp_path / "run", resume=tmp_path), bert_record, small_record)
 
 
 def test_train_max_steps_stops_early(
@@ -277,10 +293,34 @@ def test_train_seq_cls_other_methods(
     adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
 
     assert result.run["method"] == method
-    assert adapter_config["peft_type"] == {
-        "dora": "LORA", "ia3": "IA3", "prompt-tuning": "PROMPT_TUNING"
-    }[method]
+    assert (
+        adapter_config["peft_type"]
+        == {"dora": "LORA", "ia3": "IA3", "prompt-tuning": "PROMPT_TUNING"}[method]
+    )
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_train_dora_rank_pattern_applied(
+    tmp_path: Path, bert_record: dict[str, Any], small_record: dict[str, Any]
+) -> None:
+    method = MethodOptions(
+        method="dora", r=4, target_modules=("query", "value"), rank_pattern={"value": 2}
+    )
+    config = _bert_config(tmp_path / "run", method=method, max_steps=2)
+
+    result = _train_bert(config, bert_record, small_record)
+    adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    weights = load_file(result.adapter_dir / "adapter_model.safetensors")
+    ranks = {
+        name.split(".attention.self.")[1].split(".")[0]: tensor.shape[0]
+        for name, tensor in weights.items()
+        if "lora_A" in name
+    }
+
+    assert adapter_config["use_dora"] is True
+    assert adapter_config["rank_pattern"] == {"value": 2}
+    assert ranks == {"query": 4, "value": 2}
+    assert any("lora_magnitude_vector" in name for name in weights)
 
 
 def _llama_config(output_dir: Path, **overrides: Any) -> TrainConfig:
@@ -351,3 +391,23 @@ def test_train_causal_lm_text_rows(
 
     assert result.steps == 8
     assert "val_loss" not in result.run["metrics"][0]
+
+
+def _padded_tokens(batches: list[list[int]], lengths: list[int]) -> int:
+    return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+
+def test_epoch_batches_group_by_length() -> None:
+    lengths = [(index * 7) % 61 + 1 for index in range(400)]
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(400), num_replicas=1, rank=0, shuffle=True, seed=3
+    )
+
+    grouped = epoch_batches(sampler, epoch=0, batch_size=8, lengths=lengths)
+    plain = epoch_batches(sampler, epoch=0, batch_size=8)
+
+    assert sorted(i for batch in grouped for i in batch) == list(range(400))
+    assert all(len(batch) == 8 for batch in grouped)
+    assert _padded_tokens(grouped, lengths) < 0.7 * _padded_tokens(plain, lengths)
+    assert epoch_batches(sampler, epoch=0, batch_size=8, lengths=lengths) == grouped
+    assert epoch_batches(sampler, epoch=1, batch_size=8, lengths=lengths) != grouped
