@@ -35,7 +35,7 @@ def _eval_options(function: Any) -> Any:
             type=int,
             default=500,
             show_default=True,
-            help="Rows of the split evaluated, from the start; 0 for all.",
+            help="Rows of the split evaluated, a seeded sample; 0 for all.",
         ),
         click.option(
             "--max-length",

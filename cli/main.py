@@ -7,7 +7,8 @@ import os
 
 import click
 
-from cli import registry_cmds, server_cmds
+from cli import maintenance_cmds, registry_cmds, server_cmds
+from cli.demo import demo
 from registry import __version__
 
 
@@ -24,10 +25,21 @@ def main(verbose: int) -> None:
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # botocore's debug lines print signed request headers and httpx's info lines print
+    # every URL, presigned downloads included: keep both out even with -vv.
+    for library in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(library).setLevel(max(level, logging.INFO))
+    for library in ("httpx", "httpcore"):
+        logging.getLogger(library).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-for command in (*server_cmds.COMMANDS, *registry_cmds.COMMANDS):
+for command in (
+    *server_cmds.COMMANDS,
+    *registry_cmds.COMMANDS,
+    *maintenance_cmds.COMMANDS,
+    demo,
+):
     main.add_command(command)
 
 
