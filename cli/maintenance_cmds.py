@@ -77,7 +77,11 @@ def gc(grace_seconds: int | None, dry_run: bool, as_json: bool) -> None:
 @json_option
 @handle_errors
 def fsck(as_json: bool) -> None:
-    """Re-hash every stored blob; exit 6 if any is damaged or missing."""
+    """Re-hash every stored blob; exit 6 if any is damaged or missing.
+
+    Damaged objects are moved under quarantine/ in the store, so that pushing
+    a version that contains the file uploads it again.
+    """
     with _server_resources(Settings.from_env()) as (uow, store):
         report = check_integrity(uow, store, LOCAL_ADMIN)
     if as_json:
@@ -107,9 +111,14 @@ def _print_fsck(report: dict[str, Any]) -> None:
     print_table(rows, ["digest", "problem", "referenced by", "detail"])
     click.echo(
         f"fsck: {len(rows)} of {report['checked']} blobs are damaged or missing; push the "
-        "versions that reference them again, or restore the objects from a backup",
+        "versions that reference them again (or register the base models and datasets "
+        "again with their files), which uploads the missing files, or restore the objects "
+        "from a backup",
         err=True,
     )
+    quarantined = [p["quarantined_to"] for p in report["problems"] if p.get("quarantined_to")]
+    for location in quarantined:
+        click.echo(f"fsck: moved a damaged object to {location}", err=True)
 
 
 COMMANDS = [gc, fsck]

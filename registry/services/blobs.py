@@ -30,16 +30,29 @@ MAX_PARTS = 10_000
 DOWNLOAD_CHUNK_BYTES = 4 * 1024 * 1024
 
 
-def find_missing_blobs(session: Session, digests: list[str]) -> list[str]:
-    """Return the digests, in request order, that the registry does not hold."""
+def find_missing_blobs(session: Session, store: BlobStore, digests: list[str]) -> list[str]:
+    """Return the digests, in request order, that the registry does not hold.
+
+    A digest is missing when no blob row records it, or when its row exists but
+    the store has no object for it (lost, or moved aside by fsck as damaged),
+    so that the client uploads it again.
+    """
     if len(digests) > MAX_DIGESTS_PER_QUERY:
         raise InvalidInput(
             f"asked about {len(digests)} digests; ask about at most {MAX_DIGESTS_PER_QUERY} at once"
         )
     for digest in digests:
         check_digest(digest)
-    present = set(session.scalars(select(Blob.digest).where(Blob.digest.in_(digests))))
-    return [digest for digest in dict.fromkeys(digests) if digest not in present]
+    recorded = set(session.scalars(select(Blob.digest).where(Blob.digest.in_(digests))))
+    missing = []
+    # NOTE: one store lookup (an S3 HEAD request) per recorded digest.
+    for digest in dict.fromkeys(digests):
+        if digest not in recorded:
+            missing.append(digest)
+        elif not store.has_blob(digest):
+            log.warning("blob %s has a row but no stored object; reporting it missing", digest)
+            missing.append(digest)
+    return missing
 
 
 def store_blob(

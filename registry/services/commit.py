@@ -34,7 +34,7 @@ from registry.db.models import (
     VersionParent,
     VersionTag,
 )
-from registry.errors import Conflict, InvalidAdapter, InvalidInput, NotFound
+from registry.errors import Conflict, IntegrityError, InvalidAdapter, InvalidInput, NotFound
 from registry.safetensors_format import parse_header, read_header_length
 from registry.services.actors import Actor
 from registry.services.audit import record_event
@@ -70,7 +70,8 @@ def commit_version(
     Returns the version with ``created`` False when byte-identical content was
     pushed before. Raises InvalidInput/InvalidAdapter for anything the registry
     cannot explain, NotFound for a missing base model, dataset, parent or blob,
-    Conflict when the adapter belongs to another base model.
+    Conflict when the adapter belongs to another base model, IntegrityError
+    when a stored file no longer hashes to its digest.
     """
     actor.require("writer")
     check_name(name, what="adapter name")
@@ -84,14 +85,21 @@ def commit_version(
     validate_adapter_files({entry.path: entry.size for entry in files})
     _check_blobs(session, files)
     base = get_base_model_row(session, _required_str(spec, "base_model"))
-    config = _read_config(store, files)
-    summary = validate_adapter(
-        config,
-        _read_tensors(store, files, max_header_bytes=max_header_bytes),
-        base_manifest=base.manifest,
-        base_config=base.config,
-        filename=WEIGHTS_FILE,
-    )
+    try:
+        config = _read_config(store, files)
+        summary = validate_adapter(
+            config,
+            _read_tensors(store, files, max_header_bytes=max_header_bytes),
+            base_manifest=base.manifest,
+            base_config=base.config,
+            filename=WEIGHTS_FILE,
+        )
+    except InvalidInput:
+        # Damaged stored bytes would otherwise be reported as an invalid adapter.
+        # NOTE: damage outside the config and the safetensors header passes
+        # validation undetected here; `adapterreg fsck` finds it.
+        _verify_stored_files(store, files)
+        raise
     adapter = _get_or_create_adapter(session, actor, name=name, base=base, summary=summary)
     result = _insert_version_once(
         session,
@@ -169,6 +177,32 @@ def _read_config(store: BlobStore, files: list[FileEntry]) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{CONFIG_FILE} must hold a JSON object, got {type(config).__name__}")
     return config
+
+
+def _verify_stored_files(store: BlobStore, files: list[FileEntry]) -> None:
+    """Hash the stored adapter files; raise IntegrityError for one whose bytes changed."""
+    for entry in files:
+        if entry.path not in (CONFIG_FILE, WEIGHTS_FILE):
+            continue
+        sha256 = hashlib.sha256()
+        size = 0
+        for chunk in store.open_blob(entry.digest):
+            sha256.update(chunk)
+            size += len(chunk)
+        found = f"sha256:{sha256.hexdigest()}"
+        if found != entry.digest or size != entry.size:
+            log.error(
+                "commit read damaged blob %s (%s): it hashes to %s (%d bytes)",
+                entry.digest,
+                entry.path,
+                found,
+                size,
+            )
+            raise IntegrityError(
+                f"the stored copy of {entry.path!r} (blob {entry.digest}) is damaged: it hashes "
+                f"to {found} ({size} bytes); run `adapterreg fsck` on the server to move it "
+                "aside, then push again"
+            )
 
 
 def _read_tensors(

@@ -6,6 +6,11 @@ when the store has no object for it. Digests that an uploaded base model,
 dataset version or merged model names without any ``blobs`` row are missing
 too. Each problem lists what references the blob, so the operator knows which
 versions to push again.
+
+A damaged object is moved to a quarantine key (kept for inspection, never
+served), so the blob becomes missing. ``POST /blobs/missing`` reports a digest
+whose object is missing, so pushing any version that contains the file
+uploads it again and repairs every version that references it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from registry.db.models import (
     MergedModel,
     VersionFile,
 )
-from registry.errors import NotFound
+from registry.errors import NotFound, StorageError
 from registry.services.actors import Actor
 from registry.services.uow import UnitOfWork
 from registry.storage.base import BlobStore
@@ -36,12 +41,14 @@ log = logging.getLogger(__name__)
 
 
 def check_integrity(uow: UnitOfWork, store: BlobStore, actor: Actor) -> dict[str, Any]:
-    """Hash every recorded blob and report the damaged and missing ones.
+    """Hash every recorded blob, move damaged objects aside, and report the problems.
 
-    The report's ``ok`` is False when any problem was found. Needs role reader;
-    raises StorageError when the store cannot be listed or read.
+    The report's ``ok`` is False when any problem was found. A damaged problem
+    carries ``quarantined_to``, the location its object was moved to (None if
+    that failed). Needs role admin, because it moves objects; raises
+    StorageError when the store cannot be listed or read.
     """
-    actor.require("reader")
+    actor.require("admin")
     # Short transactions only: a SQLite transaction holds the write lock while open.
     with uow() as session:
         recorded = session.execute(select(Blob.digest, Blob.size).order_by(Blob.digest)).all()
@@ -52,6 +59,8 @@ def check_integrity(uow: UnitOfWork, store: BlobStore, actor: Actor) -> dict[str
         problem, read = _check_blob(store, digest, size)
         bytes_read += read
         if problem is not None:
+            if problem["problem"] == "damaged":
+                _quarantine(store, problem)
             problems.append(problem)
     recorded_digests = {digest for digest, _ in recorded}
     for digest, uses in sorted(references.items()):
@@ -93,6 +102,20 @@ def _check_blob(store: BlobStore, digest: str, size: int) -> tuple[dict[str, Any
             "recorded_size": size,
         }, read
     return None, read
+
+
+def _quarantine(store: BlobStore, problem: dict[str, Any]) -> None:
+    """Move a damaged object aside and record where it went in ``problem``."""
+    digest = problem["digest"]
+    try:
+        problem["quarantined_to"] = store.quarantine_blob(digest)
+    except NotFound:
+        # Removed since it was hashed (by gc, or another fsck): nothing is served for it.
+        problem["quarantined_to"] = None
+    except StorageError as e:
+        log.error("fsck: moving damaged blob %s aside failed: %s", digest, e.detail)
+        problem["quarantined_to"] = None
+        problem["detail"] += f"; moving it aside failed ({e.detail})"
 
 
 def _problem(digest: str, kind: str, detail: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Key layout, relative to the store's root (a directory or an S3 prefix):
 
     blobs/sha256/<first two hex digits>/<64 hex digits>   verified content
     uploads/<upload id>/...                               parts of an upload in flight
+    quarantine/sha256/<64 hex digits>.<UTC time>          damaged objects moved aside
 
 A multipart upload is verified in one of two ways. While its parts arrive in
 order, the store keeps a running sha256 of the whole upload (``RunningDigests``)
@@ -60,6 +61,15 @@ def blob_key(digest: str) -> str:
     """Return the object key of a verified blob, relative to the store root."""
     hex_digest = check_digest(digest).removeprefix("sha256:")
     return f"blobs/sha256/{hex_digest[:2]}/{hex_digest}"
+
+
+def quarantine_key(digest: str, moved_at: datetime) -> str:
+    """Return the key a damaged blob object is moved to, relative to the store root.
+
+    Nothing serves or collects keys under ``quarantine/``: they are kept for inspection.
+    """
+    hex_digest = check_digest(digest).removeprefix("sha256:")
+    return f"quarantine/sha256/{hex_digest}.{moved_at.strftime('%Y%m%dT%H%M%S%fZ')}"
 
 
 def upload_prefix(upload_id: str) -> str:
@@ -299,6 +309,14 @@ class BlobStore(Protocol):
 
     def delete_blob(self, digest: str) -> None:
         """Delete a blob; deleting a missing blob is a no-op."""
+        ...
+
+    def quarantine_blob(self, digest: str) -> str:
+        """Move a blob's object to a ``quarantine_key`` and return where it went.
+
+        The blob is then absent, so the next upload of its digest stores it
+        again. Raises NotFound if the blob is absent.
+        """
         ...
 
     def iter_blobs(self) -> Iterator[BlobInfo]: ...

@@ -48,6 +48,7 @@ from registry.storage.base import (
     blob_key,
     check_digest,
     check_part_number,
+    quarantine_key,
     sorted_parts,
     upload_prefix,
 )
@@ -337,6 +338,23 @@ class LocalBlobStore:
         with _os_errors("deleting", path):
             path.unlink(missing_ok=True)
         logger.info("deleted blob %s", digest)
+
+    def quarantine_blob(self, digest: str) -> str:
+        source = self._blob_path(digest)
+        target = self.root / quarantine_key(digest, datetime.now(UTC))
+        with _os_errors("creating", target.parent):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} is not in the store") from None
+        except OSError as e:
+            raise StorageError(
+                f"moving {str(source)!r} to {str(target)!r} failed: {e.strerror or e}"
+            ) from e
+        _fsync_directory(source.parent)
+        logger.warning("moved damaged blob %s to %s", digest, target)
+        return str(target)
 
     def iter_blobs(self) -> Iterator[BlobInfo]:
         top = self.root / BLOB_DIRECTORY

@@ -9,7 +9,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO, Any, NoReturn
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -26,6 +26,7 @@ from registry.storage.base import (
     blob_key,
     check_digest,
     check_part_number,
+    quarantine_key,
     sorted_parts,
     upload_prefix,
 )
@@ -389,6 +390,18 @@ class S3BlobStore:
         key = self._key(blob_key(digest))
         self._delete(key)
         logger.info("deleted blob %s", digest)
+
+    def quarantine_blob(self, digest: str) -> str:
+        source = self._key(blob_key(digest))
+        target = self._key(quarantine_key(digest, datetime.now(UTC)))
+        size = self.blob_size(digest)
+        # NOTE: S3 has no rename. A push of this digest between the copy and the
+        # delete finds the object present and skips its upload, so the blob ends
+        # up missing; fsck then reports it as missing and the next push stores it.
+        self._copy(source, target, size=size)
+        self._delete(source)
+        logger.warning("moved damaged blob %s to %s", digest, self._url(target))
+        return self._url(target)
 
     def iter_blobs(self) -> Iterator[BlobInfo]:
         listing_prefix = self._key("blobs/sha256/")

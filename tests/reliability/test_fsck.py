@@ -17,7 +17,7 @@ from registry.services.actors import LOCAL_ADMIN
 from registry.services.fsck import check_integrity
 from registry.storage import LocalBlobStore, S3BlobStore
 from registry.storage.base import BlobStore
-from tests.reliability.conftest import flip_byte, object_path_or_key
+from tests.reliability.conftest import flip_byte, object_path_or_key, read_object, write_object
 from tests.reliability.test_gc import digest_of
 from tests.support.fixtures import LiveRegistry
 
@@ -146,8 +146,9 @@ def test_cli_fsck_and_gc(
     assert gc.returncode == 0, gc.stderr
     assert [blob["digest"] for blob in json.loads(gc.stdout)["deleted_blobs"]] == [orphan]
     assert not live_registry.store.has_blob(orphan)
-    # gc never touches a referenced blob, damaged or not.
-    assert live_registry.store.has_blob(digest)
+    # fsck moved the damaged object aside, and gc keeps the quarantined copy.
+    assert not live_registry.store.has_blob(digest)
+    assert quarantined_exists(live_registry.store, problems[0]["quarantined_to"])
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -164,6 +165,79 @@ def test_cli_fsck_prints_problem_and_hint(
     assert "missing" in result.stdout
     assert "chat@1" in result.stdout
     assert "push the versions that reference them again" in result.stderr
+
+
+def quarantined_exists(store: BlobStore, location: str) -> bool:
+    """Return whether the quarantined object fsck reported at ``location`` exists."""
+    if isinstance(store, LocalBlobStore):
+        return Path(location).is_file()
+    assert isinstance(store, S3BlobStore)
+    key = location.removeprefix(f"s3://{store.bucket}/")
+    listing = store.client.list_objects_v2(Bucket=store.bucket, Prefix=key)
+    return [item["Key"] for item in listing.get("Contents", [])] == [key]
+
+
+def test_fsck_moves_damaged_object_aside(
+    live_registry: LiveRegistry, pushed: dict[str, Any]
+) -> None:
+    digest = weights_digest(pushed)
+    flip_byte(live_registry.store, digest)
+
+    problem = run_fsck(live_registry)["problems"][0]
+
+    assert problem["problem"] == "damaged"
+    assert "quarantine/sha256/" in problem["quarantined_to"]
+    assert quarantined_exists(live_registry.store, problem["quarantined_to"])
+    assert not live_registry.store.has_blob(digest)
+    assert live_registry.client.missing_blobs([digest]) == [digest]
+
+
+@pytest.mark.parametrize("push_as", ["chat", "chat-copy"])
+def test_push_again_repairs_damaged_blob(
+    live_registry: LiveRegistry,
+    pushed: dict[str, Any],
+    tiny_lora: Path,
+    tmp_path: Path,
+    push_as: str,
+) -> None:
+    digest = weights_digest(pushed)
+    flip_byte(live_registry.store, digest)
+    assert run_fsck(live_registry)["ok"] is False
+
+    again = live_registry.client.push(push_as, tiny_lora, base_model="tiny")
+    live_registry.client.pull("chat@1", tmp_path / "pulled")
+
+    assert weights_digest(again) == digest
+    assert (tmp_path / "pulled" / WEIGHTS).read_bytes() == (tiny_lora / WEIGHTS).read_bytes()
+    report = run_fsck(live_registry)
+    assert report["ok"] is True, report["problems"]
+
+
+def test_missing_blobs_lists_recorded_digest_without_object(
+    live_registry: LiveRegistry, pushed: dict[str, Any]
+) -> None:
+    digest = weights_digest(pushed)
+    others = [entry["digest"] for entry in pushed["files"] if entry["digest"] != digest]
+    live_registry.store.delete_blob(digest)
+
+    assert live_registry.client.missing_blobs([digest, *others]) == [digest]
+
+
+def test_commit_reading_damaged_blob_raises_integrity_error(
+    live_registry: LiveRegistry, pushed: dict[str, Any], tiny_lora: Path
+) -> None:
+    digest = weights_digest(pushed)
+    # Byte 10 lies in the safetensors JSON header, which the commit parses.
+    data = bytearray(read_object(live_registry.store, digest))
+    data[10] ^= 0xFF
+    write_object(live_registry.store, digest, bytes(data))
+
+    with pytest.raises(errors.IntegrityError) as caught:
+        live_registry.client.push("chat-copy", tiny_lora, base_model="tiny")
+
+    assert WEIGHTS in caught.value.detail
+    assert digest in caught.value.detail
+    assert "adapterreg fsck" in caught.value.detail
 
 
 def test_pull_of_flipped_blob_fails_naming_file(

@@ -18,10 +18,12 @@ router = APIRouter(tags=["blobs"], route_class=RegistryRoute)
 
 
 @router.post("/blobs/missing", responses=error_responses(401, 403, 422))
-def find_missing(body: MissingBlobsIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
-    """Return which of the digests the registry does not hold yet."""
+def find_missing(
+    body: MissingBlobsIn, session: SessionDep, store: StoreDep, actor: ActorDep
+) -> dict[str, Any]:
+    """Return which of the digests the registry does not hold, as a row or as stored bytes."""
     actor.require("reader")
-    return {"missing": blobs.find_missing_blobs(session, body.digests)}
+    return {"missing": blobs.find_missing_blobs(session, store, body.digests)}
 
 
 @router.put("/blobs/{digest}", status_code=201, responses=error_responses(401, 403, 413, 422, 503))
