@@ -20,6 +20,8 @@ EXIT_CODES: dict[type[errors.RegistryError], int] = {
     errors.Unauthorized: 5,
     errors.Forbidden: 5,
     errors.IntegrityError: 6,
+    # An unexpected server failure: the generic exit code, because retrying rarely helps.
+    errors.InternalError: 1,
     errors.ServiceUnavailable: 7,
 }
 

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import replace
+from pathlib import Path
 
 import click
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
 from cli.errors import handle_errors, json_option
 from cli.output import print_json, print_table
 from registry.config import Settings
-from registry.db.migrate import current_revision, head_revision, upgrade_database
+from registry.db.migrate import (
+    check_revision_known,
+    check_schema_current,
+    current_revision,
+    head_revision,
+    upgrade_database,
+)
 from registry.db.session import create_db_engine, create_session_factory, session_scope
+from registry.errors import ServiceUnavailable
 from registry.services import tokens
 from registry.services.actors import LOCAL_ADMIN
 
@@ -42,6 +52,7 @@ def db_upgrade(as_json: bool) -> None:
     """Migrate the database in ADAPTERREG_DATABASE_URL to the newest schema."""
     engine = create_db_engine(Settings.from_env().database_url)
     before = current_revision(engine)
+    check_revision_known(before)
     upgrade_database(engine)
     result = {"from": before, "to": current_revision(engine)}
     if as_json:
@@ -55,8 +66,10 @@ def db_upgrade(as_json: bool) -> None:
 @handle_errors
 def db_current(as_json: bool) -> None:
     """Show the database's schema revision and the newest one."""
-    engine = create_db_engine(Settings.from_env().database_url)
-    result = {"current": current_revision(engine), "head": head_revision()}
+    url = Settings.from_env().database_url
+    # A SQLite file that does not exist yet is an empty database: do not create it here.
+    current = None if _missing_sqlite_file(url) else current_revision(create_db_engine(url))
+    result = {"current": current, "head": head_revision()}
     if as_json:
         print_json(result)
     else:
@@ -69,7 +82,28 @@ def token() -> None:
 
 
 def _server_session() -> AbstractContextManager[Session]:
-    return session_scope(create_session_factory(create_db_engine(Settings.from_env().database_url)))
+    """Open a session on a database whose schema is current, without creating a SQLite file."""
+    url = Settings.from_env().database_url
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        raise ServiceUnavailable(
+            f"database file {missing!r} does not exist; create it with `adapterreg db upgrade` "
+            "or set ADAPTERREG_DATABASE_URL to the registry's database"
+        )
+    engine = create_db_engine(url)
+    check_schema_current(engine)
+    return session_scope(create_session_factory(engine))
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """Return the path of a SQLite database file that does not exist, else None."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # create_db_engine reports the invalid URL
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return None if Path(parsed.database).exists() else parsed.database
 
 
 @token.command("create")

@@ -53,6 +53,12 @@ class IntegrityError(RegistryError):
     kind = "IntegrityError"
 
 
+class InternalError(RegistryError):
+    """An unexpected server failure (HTTP 500 other than IntegrityError); the server log has it."""
+
+    kind = "InternalError"
+
+
 class Unauthorized(RegistryError):
     kind = "Unauthorized"
 
@@ -88,6 +94,7 @@ ERROR_CLASSES: dict[str, type[RegistryError]] = {
         PayloadTooLarge,
         DigestMismatch,
         IntegrityError,
+        InternalError,
         Unauthorized,
         Forbidden,
         GateRejected,

@@ -30,6 +30,7 @@ STATUS_BY_ERROR: dict[type[errors.RegistryError], int] = {
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
     errors.IntegrityError: 500,
+    errors.InternalError: 500,
     errors.ServiceUnavailable: 503,
     errors.StorageError: 503,
 }
@@ -138,5 +139,7 @@ def _internal(error: Exception) -> JSONResponse:
     incident = uuid.uuid4().hex[:12]
     log.exception("internal error %s", incident, exc_info=error)
     return error_response(
-        500, "InternalError", f"internal error {incident}; the server log has the details"
+        500,
+        "InternalError",
+        f"internal server error {incident}; the server log has the details under this id",
     )

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.db.models import AuditEvent
+from registry.errors import InvalidInput
 from registry.services.actors import Actor
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ def record_event(
 def list_events(
     session: Session, *, after_id: int = 0, limit: int = 100, action: str | None = None
 ) -> list[dict[str, Any]]:
+    """Return up to ``limit`` events with ids above ``after_id``, oldest first."""
+    if limit < 1:
+        raise InvalidInput(f"invalid limit {limit}: list at least 1 event (a positive number)")
+    if after_id < 0:
+        raise InvalidInput(f"invalid after_id {after_id}: event ids start at 1; use 0 or more")
     query = select(AuditEvent).where(AuditEvent.id > after_id).order_by(AuditEvent.id)
     if action:
         query = query.where(AuditEvent.action == action)

@@ -26,8 +26,8 @@ from sqlalchemy.orm import Session
 
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
-from registry.db.models import GatePolicy
-from registry.errors import InvalidInput
+from registry.db.models import Adapter, GatePolicy
+from registry.errors import InvalidInput, NotFound
 from registry.services.actors import Actor
 from registry.services.audit import record_event
 from registry.services.names import check_alias, check_name
@@ -83,6 +83,11 @@ def set_gate_policy(
     adapter = adapter if adapter == ANY else check_name(adapter, what="adapter name")
     alias = alias if alias == ANY else check_alias(alias)
     _check_settings(metric=metric, min_margin=min_margin, max_regression=max_regression)
+    if adapter != ANY and session.scalar(select(Adapter.id).where(Adapter.name == adapter)) is None:
+        raise NotFound(
+            f"adapter {adapter!r} not found; push a version of it first, or use '*' for a "
+            "policy that covers every adapter"
+        )
     row = _lock_policy_row(session, actor, adapter=adapter, alias=alias)
 
     row.metric = metric

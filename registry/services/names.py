@@ -9,11 +9,16 @@ from registry.errors import InvalidInput
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,127}$")
+# ASCII digits only: str.isdigit() also accepts characters such as '²' that int() rejects.
+VERSION_PATTERN = re.compile(r"^[0-9]+$")
+# Version numbers are stored in 32-bit integer columns (PostgreSQL ``integer``).
+MAX_VERSION = 2**31 - 1
+REFERENCE_FORMS = "use name (the latest version), name@3 (a version) or name@alias"
 
 
 def check_name(name: str, *, what: str = "name") -> str:
     """Return ``name`` if it is URL-safe: letters, digits, '.', '_', '-', at most 128."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise InvalidInput(
             f"invalid {what} {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, without '..'"
@@ -23,7 +28,7 @@ def check_name(name: str, *, what: str = "name") -> str:
 
 def check_alias(alias: str) -> str:
     """Return ``alias`` if valid; aliases start with a letter so they never look like a version."""
-    if not isinstance(alias, str) or not ALIAS_PATTERN.match(alias) or ".." in alias:
+    if not isinstance(alias, str) or not ALIAS_PATTERN.fullmatch(alias) or ".." in alias:
         raise InvalidInput(
             f"invalid alias {alias!r}: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter"
@@ -48,21 +53,31 @@ class Reference:
 
 
 def parse_reference(text: str) -> Reference:
+    """Parse ``name``, ``name@3`` or ``name@alias``; raise InvalidInput naming ``text``."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"invalid reference {text!r}: {REFERENCE_FORMS}")
     name, sep, ref = text.partition("@")
-    check_name(name, what="adapter name")
+    try:
+        check_name(name, what="adapter name")
+    except InvalidInput as e:
+        raise InvalidInput(f"invalid reference {text!r}: {e.detail}; {REFERENCE_FORMS}") from None
     if not sep:
         return Reference(name)
-    if ref.isdigit():
+    if VERSION_PATTERN.fullmatch(ref):
         version = int(ref)
-        if version < 1:
-            raise InvalidInput(f"invalid version in {text!r}: versions start at 1")
+        if not 1 <= version <= MAX_VERSION:
+            raise InvalidInput(
+                f"invalid version in {text!r}: versions are numbers from 1 to {MAX_VERSION}"
+            )
         return Reference(name, version=version)
     if not ref:
         raise InvalidInput(
-            f"invalid reference {text!r}: put a version or an alias after '@' "
-            "(name@3, name@production)"
+            f"invalid reference {text!r}: put a version or an alias after '@'; {REFERENCE_FORMS}"
         )
-    return Reference(name, alias=check_alias(ref))
+    try:
+        return Reference(name, alias=check_alias(ref))
+    except InvalidInput as e:
+        raise InvalidInput(f"invalid reference {text!r}: {e.detail}; {REFERENCE_FORMS}") from None
 
 
 def parse_dataset_reference(text: str) -> tuple[str, str]:

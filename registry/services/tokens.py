@@ -28,8 +28,18 @@ def create_token(session: Session, actor: Actor, *, name: str, role: str) -> dic
     actor.require("admin")
     check_name(name, what="token name")
     check_role(role)
-    if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
-        raise Conflict(f"a token named {name!r} already exists; revoke it or pick another name")
+    existing = session.scalar(select(ApiToken).where(ApiToken.name == name))
+    if existing is not None and existing.revoked_at is not None:
+        raise Conflict(
+            f"token name {name!r} belongs to a token revoked at "
+            f"{existing.revoked_at.isoformat()}; names of revoked tokens are not reused, "
+            "so pick a new name"
+        )
+    if existing is not None:
+        raise Conflict(
+            f"a token named {name!r} already exists; pick another name (revoking it does not "
+            "free the name)"
+        )
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(name=name, token_hash=hash_token(token), role=role)
     session.add(row)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session
 
-from registry.errors import Forbidden, InvalidInput
+from registry.db.models import Adapter, BaseModelRecord
+from registry.errors import Forbidden, InvalidInput, NotFound
 from registry.services.actors import LOCAL_ADMIN, Actor
 from registry.services.gates import (
     DEFAULT_POLICY,
@@ -154,7 +155,26 @@ def test_decide_rejects_metric_of_other_task() -> None:
     assert "causal-lm" in invalid.value.detail
 
 
+def add_adapter_row(session: Session, name: str) -> None:
+    """Insert an adapter row (with a placeholder base model) for policies to name."""
+    base = BaseModelRecord(
+        name=f"{name}-base",
+        source_uri="file:///nonexistent",
+        architecture="LlamaForCausalLM",
+        fingerprint="sha256:" + "0" * 64,
+        config={},
+        manifest={},
+        files=[],
+        created_by="test",
+    )
+    session.add(base)
+    session.flush()
+    session.add(Adapter(name=name, base_model_id=base.id, created_by="test"))
+    session.flush()
+
+
 def test_effective_policy_prefers_specific(session: Session) -> None:
+    add_adapter_row(session, "chat")
     for adapter, alias, margin in (
         ("*", "*", 0.1),
         ("*", "production", 0.2),
@@ -182,6 +202,7 @@ def test_effective_policy_default_without_rows(session: Session) -> None:
 
 
 def test_set_gate_replaces_existing(session: Session) -> None:
+    add_adapter_row(session, "chat")
     for margin in (0.1, 0.25):
         set_gate_policy(
             session,
@@ -225,3 +246,20 @@ def test_set_gate_rejects_unknown_metric(session: Session) -> None:
             require_approval=False,
         )
     assert "'bleu'" in invalid.value.detail
+
+
+def test_set_gate_rejects_unknown_adapter(session: Session) -> None:
+    with pytest.raises(NotFound) as missing:
+        set_gate_policy(
+            session,
+            LOCAL_ADMIN,
+            adapter="no-such-adapter",
+            alias="staging",
+            metric=None,
+            min_margin=0.0,
+            max_regression=0.0,
+            require_approval=False,
+        )
+
+    assert "'no-such-adapter'" in missing.value.detail
+    assert "'*'" in missing.value.detail

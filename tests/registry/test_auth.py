@@ -84,3 +84,31 @@ def test_open_auth_on_public_address_refuses(engine: Engine, registry_settings: 
 
 def test_loopback_is_open_by_default(engine: Engine, registry_settings: Settings) -> None:
     assert decide_open_access(registry_settings, engine) is True
+
+
+def test_token_name_reuse_advice(engine: Engine) -> None:
+    with session_scope(create_session_factory(engine)) as session:
+        tokens.create_token(session, LOCAL_ADMIN, name="ci", role="writer")
+        with pytest.raises(errors.Conflict) as active:
+            tokens.create_token(session, LOCAL_ADMIN, name="ci", role="writer")
+        tokens.revoke_token(session, LOCAL_ADMIN, name="ci")
+        with pytest.raises(errors.Conflict) as revoked:
+            tokens.create_token(session, LOCAL_ADMIN, name="ci", role="writer")
+
+    assert "pick another name" in active.value.detail
+    assert "revoked at" in revoked.value.detail
+    assert "pick a new name" in revoked.value.detail
+    assert "revoke it" not in revoked.value.detail
+
+
+@pytest.mark.parametrize("params", [{"limit": -1}, {"limit": 0}, {"after_id": -5}])
+def test_audit_rejects_invalid_paging(
+    engine: Engine, store: BlobStore, registry_settings: Settings, params: dict[str, int]
+) -> None:
+    app = create_app(registry_settings, engine=engine, store=store, open_access=True)
+    with run_app(app) as server:
+        response = httpx.get(f"{server.url}/api/v1/audit", params=params)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "InvalidInput"
+    assert str(next(iter(params.values()))) in response.json()["detail"]
