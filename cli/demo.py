@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from cli.demo_steps import run_lifecycle
+from cli.demo_steps import MAX_LENGTH, run_lifecycle
 from cli.errors import handle_errors
 from cli.output import console, print_table
 from registry.errors import ServiceUnavailable
@@ -201,7 +201,15 @@ def demo(
         with _background(
             session,
             "worker",
-            ["worker", "--poll-interval", "1", "--max-samples", str(max_samples)],
+            [
+                "worker",
+                "--poll-interval",
+                "1",
+                "--max-samples",
+                str(max_samples),
+                "--max-length",
+                MAX_LENGTH,
+            ],
             "admin",
         ):
             run_lifecycle(

@@ -6,6 +6,7 @@ so the registry-only commands here work without the training extras.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ import click
 
 from cli.errors import exit_code_for, handle_errors, json_option
 from cli.output import console, err_console, print_fields, print_json, print_table
+from cli.params import FINITE_FLOAT
 from registry.client import RegistryClient
 from registry.errors import GateRejected, InvalidInput
 
@@ -180,7 +182,9 @@ def evaluations(
     help="Largest safetensors file, e.g. 500MB.",
 )
 @click.option(
-    "--tolerance", type=float, help="Largest accepted max |logit difference| (default by dtype)."
+    "--tolerance",
+    type=FINITE_FLOAT,
+    help="Largest accepted max |logit difference| (default by dtype).",
 )
 @click.option("--upload", is_flag=True, help="Also store the merged files as blobs.")
 @click.option(
@@ -189,7 +193,7 @@ def evaluations(
     help="Combine several LoRA versions into a new adapter version instead.",
 )
 @click.option("--weights", help="Comma-separated weight per adapter (default: 1/n each).")
-@click.option("--density", type=float, help="Fraction kept by ties and dare_*, in (0, 1].")
+@click.option("--density", type=FINITE_FLOAT, help="Fraction kept by ties and dare_*, in (0, 1].")
 @click.option("--adapter", help="Adapter name of the combined version (with --method).")
 @click.option(
     "--seed",
@@ -311,11 +315,17 @@ def _parse_weights(text: str | None, count: int) -> tuple[float, ...]:
     if text is None:
         return tuple(1.0 / count for _ in range(count))
     try:
-        return tuple(float(part) for part in text.split(","))
+        weights = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise InvalidInput(
             f"invalid --weights {text!r}: use numbers separated by commas, e.g. 0.7,0.3"
         ) from None
+    if not all(math.isfinite(weight) for weight in weights):
+        raise InvalidInput(
+            f"invalid --weights {text!r}: nan and inf are not weights; use finite numbers "
+            "separated by commas, e.g. 0.7,0.3"
+        )
+    return weights
 
 
 @click.command("merged-models")
@@ -361,7 +371,7 @@ def merged_models(as_json: bool) -> None:
 @click.option("--local", is_flag=True, help="Evaluate in this process instead of a worker.")
 @click.option(
     "--timeout",
-    type=float,
+    type=FINITE_FLOAT,
     default=3600,
     show_default=True,
     help="Seconds --wait follows the request (also --local, when a worker claimed it first).",
@@ -595,7 +605,7 @@ def promotion_show(request_id: int, as_json: bool) -> None:
 @click.option("--name", help="Worker name (default: host-pid-random).")
 @click.option(
     "--poll-interval",
-    type=float,
+    type=FINITE_FLOAT,
     default=2.0,
     show_default=True,
     help="Seconds between claims when no request waits.",
@@ -659,14 +669,14 @@ def gate() -> None:
 )
 @click.option(
     "--min-margin",
-    type=float,
+    type=FINITE_FLOAT,
     default=0.0,
     show_default=True,
     help="Required improvement over the alias's current version, in metric units.",
 )
 @click.option(
     "--max-regression",
-    type=float,
+    type=FINITE_FLOAT,
     default=0.0,
     show_default=True,
     help="How far below the base model the candidate may fall, in metric units.",

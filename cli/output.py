@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -19,8 +20,28 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+# Width of output to a pipe or file (logs, CI, `make demo`) when $COLUMNS is unset.
+# Without it rich falls back to 80 columns and cuts table cells.
+PIPE_WIDTH = 120
+
+
+def output_width(stream: TextIO) -> int | None:
+    """Return the width for output to ``stream``, or None to let rich measure the terminal.
+
+    A terminal and $COLUMNS set the width as rich reads them; other output gets PIPE_WIDTH.
+    """
+    if os.environ.get("COLUMNS", "").isdigit():
+        return None
+    try:
+        if stream.isatty():
+            return None
+    except ValueError:  # raised by a closed stream
+        pass
+    return PIPE_WIDTH
+
+
+console = Console(width=output_width(sys.stdout))
+err_console = Console(stderr=True, width=output_width(sys.stderr))
 
 
 def print_json(document: Any) -> None:

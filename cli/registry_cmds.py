@@ -236,10 +236,30 @@ def push(
     if as_json:
         print_json(result)
         return
-    state = "created" if result["created"] else "unchanged (identical content)"
+    state = (
+        "created"
+        if result["created"]
+        else "already exists with identical content; returned it unchanged"
+    )
     click.echo(
         f"{result['name']}@{result['version']} {state}  {result['method']}  "
         f"{result['trainable_params']} params  {result['digest']}"
+    )
+    note = existing_version_tags_note(result)
+    if note:
+        click.echo(note)
+
+
+def existing_version_tags_note(result: dict[str, Any]) -> str | None:
+    """Describe which tags an existing version returned by a push kept and which it ignored."""
+    ignored = result.get("tags_ignored") or {}
+    if result.get("created", True) or not ignored:
+        return None
+    stored_tags = ", ".join(f"{key}={value}" for key, value in (result.get("tags") or {}).items())
+    ignored_tags = ", ".join(f"{key}={value}" for key, value in ignored.items())
+    return (
+        f"tags not applied: {ignored_tags}; version {result['version']} keeps its tags "
+        f"({stored_tags or 'none'}) because tags are set when a version is created"
     )
 
 

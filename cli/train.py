@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,10 @@ from click.core import ParameterSource
 
 from cli.errors import handle_errors, json_option
 from cli.output import print_json, transfer_progress
-from registry.errors import InvalidInput
+from cli.params import FINITE_FLOAT
+from cli.registry_cmds import existing_version_tags_note
+from registry.errors import InvalidInput, RegistryError
+from registry.services.names import check_name
 
 if TYPE_CHECKING:
     from trainer.train import TrainConfig, TrainResult
@@ -37,6 +41,8 @@ FILE_ONLY_KEYS = (
     "description",
 )
 REQUIRED_KEYS = ("base_model", "dataset", "adapter")
+# The run record, written beside the adapter directory, that `adapterreg push --run` reads.
+RUN_FILE = "run.json"
 
 
 @click.command("train")
@@ -58,7 +64,7 @@ REQUIRED_KEYS = ("base_model", "dataset", "adapter")
 )
 @click.option("--epochs", type=int, default=1, show_default=True, help="Passes over the data.")
 @click.option(
-    "--lr", type=float, default=2e-4, show_default=True, help="Peak learning rate of AdamW."
+    "--lr", type=FINITE_FLOAT, default=2e-4, show_default=True, help="Peak learning rate of AdamW."
 )
 @click.option(
     "--batch-size",
@@ -88,9 +94,9 @@ REQUIRED_KEYS = ("base_model", "dataset", "adapter")
 )
 @click.option("--r", "r", type=int, help="LoRA rank (default 8).")
 @click.option(
-    "--alpha", type=float, help="LoRA alpha; the update is scaled by alpha/r (default 16)."
+    "--alpha", type=FINITE_FLOAT, help="LoRA alpha; the update is scaled by alpha/r (default 16)."
 )
-@click.option("--dropout", type=float, help="LoRA dropout probability (default 0.05).")
+@click.option("--dropout", type=FINITE_FLOAT, help="LoRA dropout probability (default 0.05).")
 @click.option(
     "--target-modules",
     help="Comma-separated module names to adapt, or 'all-linear'; default: PEFT's "
@@ -222,7 +228,7 @@ def _merge_tags(from_file: Any, given: tuple[str, ...]) -> dict[str, str]:
         key, separator, value = item.partition("=")
         if not separator or not key.strip():
             raise InvalidInput(f"--tag {item!r} must have the form KEY=VALUE, e.g. team=search")
-        tags[key.strip()] = value
+        tags[check_name(key.strip(), what="--tag key")] = value
     return tags
 
 
@@ -340,22 +346,65 @@ def _report_interrupt(interrupted: Any, *, as_json: bool) -> None:
 
 
 def _push(config: TrainConfig, result: TrainResult, settings: dict[str, Any]) -> dict[str, Any]:
+    """Push the trained adapter; on failure, raise the error with the command to push it later."""
     from registry.client import RegistryClient
 
-    with (
-        RegistryClient.from_env() as client,
-        transfer_progress(not settings.get("quiet") and not settings.get("as_json")) as progress,
-    ):
-        return client.push(
-            config.adapter,
-            result.adapter_dir,
-            base_model=config.base_model,
-            datasets=[config.dataset],
-            run=result.run,
-            tags=settings.get("tags") or None,
-            description=settings.get("description"),
-            progress=progress,
-        )
+    run_file = write_run_file(result)
+    try:
+        with (
+            RegistryClient.from_env() as client,
+            transfer_progress(
+                not settings.get("quiet") and not settings.get("as_json")
+            ) as progress,
+        ):
+            pushed = client.push(
+                config.adapter,
+                result.adapter_dir,
+                base_model=config.base_model,
+                datasets=[config.dataset],
+                run=result.run,
+                tags=settings.get("tags") or None,
+                description=settings.get("description"),
+                progress=progress,
+            )
+    except RegistryError as error:
+        command = push_command(config, result, settings, run_file=run_file)
+        raise type(error)(
+            f"{error.detail.rstrip('.')}. Training finished, but the push failed; the adapter "
+            f"is saved in {result.adapter_dir} and its run record in {run_file}. Fix the "
+            f"cause, then push it with: {command}"
+        ) from error
+    return {**pushed, "run_file": str(run_file)}
+
+
+def write_run_file(result: TrainResult) -> Path:
+    """Write the run record beside the adapter directory, in the form `push --run` reads."""
+    run_file = result.output_dir / RUN_FILE
+    run_file.write_text(json.dumps(result.run, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return run_file
+
+
+def push_command(
+    config: TrainConfig, result: TrainResult, settings: dict[str, Any], *, run_file: Path
+) -> str:
+    """Return the `adapterreg push` command line that pushes a trained adapter by hand."""
+    words = [
+        "adapterreg",
+        "push",
+        config.adapter,
+        str(result.adapter_dir),
+        "--base-model",
+        config.base_model,
+        "--dataset",
+        config.dataset,
+        "--run",
+        str(run_file),
+    ]
+    for key, value in (settings.get("tags") or {}).items():
+        words += ["--tag", f"{key}={value}"]
+    if settings.get("description"):
+        words += ["--description", settings["description"]]
+    return shlex.join(words)
 
 
 def _print_pushed(pushed: dict[str, Any], result: TrainResult, *, as_json: bool) -> None:
@@ -368,5 +417,8 @@ def _print_pushed(pushed: dict[str, Any], result: TrainResult, *, as_json: bool)
     summary = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if isinstance(v, float))
     state = "pushed" if pushed.get("created", True) else "already registered as"
     click.echo(f"{state} {pushed['name']}@{pushed['version']} ({pushed['digest']})")
+    note = existing_version_tags_note(pushed)
+    if note:
+        click.echo(note)
     if summary:
         click.echo(f"final epoch: {summary}; adapter files in {result.adapter_dir}")

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -29,6 +30,7 @@ from registry.client_lifecycle import LifecycleClientMixin
 from registry.config import Settings
 from registry.dataset_files import inspect_dataset
 from registry.services.files import check_relative_path
+from registry.services.names import parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -225,20 +227,38 @@ class RegistryClient(LifecycleClientMixin):
                     "is damaged, run `adapterreg fsck` on the server"
                 )
             os.replace(temporary, destination)
+        except httpx.TransportError as e:
+            raise self._download_error(url, display_name, e) from e
         finally:
             temporary.unlink(missing_ok=True)
 
-    def _stream(self, url: str) -> Any:
-        try:
-            if url.startswith(self.url + "/api/v1/"):
-                request = self._http.build_request("GET", url)
-            else:
-                # Presigned URLs carry their own credentials: never send our token there.
-                request = httpx.Request("GET", url)
-                return _checked_stream(httpx.Client(timeout=self._http.timeout), request)
-            return _checked_stream(self._http, request)
-        except httpx.TransportError as e:
-            raise errors.ServiceUnavailable(f"download failed: {type(e).__name__}") from e
+    def _is_registry_url(self, url: str) -> bool:
+        return url.startswith(self.url + "/api/v1/")
+
+    def _stream(self, url: str) -> _checked_stream:
+        if self._is_registry_url(url):
+            return _checked_stream(self._http, self._http.build_request("GET", url))
+        # Presigned URLs carry their own credentials: never send our token there.
+        presigned_client = httpx.Client(timeout=self._http.timeout)
+        return _checked_stream(presigned_client, httpx.Request("GET", url), owns_client=True)
+
+    def _download_error(
+        self, url: str, display_name: str, error: httpx.TransportError
+    ) -> errors.ServiceUnavailable:
+        """Describe a failed download by file and host; the URL's query (a signature) stays out."""
+        parts = urlsplit(url)
+        host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        if self._is_registry_url(url):
+            return errors.ServiceUnavailable(
+                f"download of {display_name!r} from the registry at {host} failed ({reason}); "
+                "check that `adapterreg serve` is running there and try again"
+            )
+        return errors.StorageError(
+            f"download of {display_name!r} from the object store at {host} failed ({reason}); "
+            "check that the object store is running and reachable from this machine, then "
+            "try again"
+        )
 
     # Base models and datasets
 
@@ -368,7 +388,11 @@ class RegistryClient(LifecycleClientMixin):
         idempotency_key: str | None = None,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
-        """Upload a PEFT adapter directory as a new version; identical bytes return the old one."""
+        """Upload a PEFT adapter directory as a new version; identical bytes return the old one.
+
+        The old version keeps its tags: ``tags_ignored`` in the result lists the
+        requested tags it lacks (empty when a version was created).
+        """
         entries = adapter_file_entries(directory)
         self.upload_files(directory, entries, progress=progress)
         body = {
@@ -382,7 +406,7 @@ class RegistryClient(LifecycleClientMixin):
         }
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         try:
-            return dict(
+            result = dict(
                 self._json("POST", f"/adapters/{name}/versions", json=body, headers=headers)
             )
         except errors.NotFound as e:
@@ -391,12 +415,14 @@ class RegistryClient(LifecycleClientMixin):
             # A blob vanished between upload and commit (garbage collected): send it again.
             log.warning("push of %s: %s; uploading again", name, e.detail)
             self.upload_files(directory, entries, progress=progress)
-            return dict(
+            result = dict(
                 self._json("POST", f"/adapters/{name}/versions", json=body, headers=headers)
             )
+        result["tags_ignored"] = ignored_tags(tags or {}, result)
+        return result
 
     def resolve(self, ref: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", f"/resolve/{ref}")
+        result: dict[str, Any] = self._json("GET", f"/resolve/{_reference_path(ref)}")
         return result
 
     def pull(self, ref: str, dest: Path, *, progress: Progress | None = None) -> dict[str, Any]:
@@ -406,8 +432,11 @@ class RegistryClient(LifecycleClientMixin):
         after every digest has been verified, so a failed pull leaves ``dest`` as it was.
         """
         resolved = self.resolve(ref)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        except OSError as e:
+            raise _destination_error(dest, e) from e
         try:
             for entry in resolved["files"]:
                 self.download_blob(
@@ -423,6 +452,9 @@ class RegistryClient(LifecycleClientMixin):
                 target = dest / entry["path"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staging / entry["path"], target)
+        except OSError as e:
+            # Network errors arrive as httpx exceptions, so an OSError here is local.
+            raise _destination_error(dest, e) from e
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return {**resolved, "path": str(dest)}
@@ -434,8 +466,15 @@ class RegistryClient(LifecycleClientMixin):
         return result
 
     def _split_ref(self, ref: str) -> tuple[str, str]:
-        name, _, version = ref.partition("@")
-        return name, version or str(self.resolve(name)["version"])
+        """Return the URL path segments of a reference's name and version (or alias)."""
+        reference = parse_reference(ref)
+        if reference.version is not None:
+            version = str(reference.version)
+        elif reference.alias is not None:
+            version = reference.alias
+        else:
+            version = str(self.resolve(reference.name)["version"])
+        return quote(reference.name, safe=""), quote(version, safe="")
 
     def lineage(self, ref: str) -> dict[str, Any]:
         name, version = self._split_ref(ref)
@@ -511,6 +550,23 @@ def adapter_file_entries(directory: Path) -> list[FileEntry]:
     return entries
 
 
+def ignored_tags(requested: dict[str, str], version: dict[str, Any]) -> dict[str, str]:
+    """Return the requested tags that an existing version returned by a push does not carry."""
+    if version.get("created", True):
+        return {}
+    stored = version.get("tags") or {}
+    return {key: value for key, value in requested.items() if stored.get(key) != value}
+
+
+def _destination_error(dest: Path, error: OSError) -> errors.InvalidInput:
+    failed_path = error.filename if error.filename is not None else dest
+    reason = error.strerror or str(error)
+    return errors.InvalidInput(
+        f"cannot write the pulled files to {str(dest)!r}: {reason} ({str(failed_path)!r}); "
+        "choose a destination directory you can create and write to"
+    )
+
+
 def _read_chunks(
     handle: BinaryIO, length: int, name: str, progress: Progress | None
 ) -> Iterator[bytes]:
@@ -528,21 +584,31 @@ def _read_chunks(
 class _checked_stream:
     """A streamed GET that raises the API's error on a 4xx/5xx before yielding bytes."""
 
-    def __init__(self, http: httpx.Client, request: httpx.Request) -> None:
+    def __init__(
+        self, http: httpx.Client, request: httpx.Request, *, owns_client: bool = False
+    ) -> None:
         self._http = http
         self._request = request
+        # A client made for this one download (presigned URLs) is closed with it.
+        self._owns_client = owns_client
         self._response: httpx.Response | None = None
 
     def __enter__(self) -> httpx.Response:
-        self._response = self._http.send(self._request, stream=True)
-        if self._response.status_code >= 400:
-            self._response.read()
-            raise _error_from_response(self._response)
+        try:
+            self._response = self._http.send(self._request, stream=True)
+            if self._response.status_code >= 400:
+                self._response.read()
+                raise _error_from_response(self._response)
+        except BaseException:
+            self.__exit__()
+            raise
         return self._response
 
     def __exit__(self, *_exc: object) -> None:
         if self._response is not None:
             self._response.close()
+        if self._owns_client:
+            self._http.close()
 
 
 def _error_from_response(response: httpx.Response) -> errors.RegistryError:
@@ -553,6 +619,17 @@ def _error_from_response(response: httpx.Response) -> errors.RegistryError:
         text = response.text[:500]
         kind, detail = "RegistryError", f"HTTP {response.status_code}: {text}"
     cls = errors.ERROR_CLASSES.get(kind)
-    if cls is None:
-        cls = errors.ServiceUnavailable if response.status_code >= 500 else errors.RegistryError
+    if cls is None or cls is errors.RegistryError:
+        if response.status_code in (502, 503, 504):
+            cls = errors.ServiceUnavailable
+        elif response.status_code >= 500:
+            cls = errors.InternalError
+            detail = f"internal server error: {detail}"
+        else:
+            cls = errors.RegistryError
     return cls(detail)
+
+
+def _reference_path(ref: str) -> str:
+    """Validate a reference as the server does and percent-encode it as one path segment."""
+    return quote(str(parse_reference(ref)), safe="@")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -109,6 +110,33 @@ def save_adapter(model: PeftModel, directory: Path) -> None:
     look up ``base_model_name_or_path``, a registry name, on the Hugging Face Hub.
     """
     model.save_pretrained(str(directory), save_embedding_layers=False)
+    apply_umask_modes(directory)
+
+
+def apply_umask_modes(directory: Path) -> None:
+    """Give every file under ``directory`` mode 0666 minus the umask, as ``open`` does.
+
+    safetensors 0.8's ``save_file`` creates its files with mode 0600, which hides
+    saved weights from the other users and services that read them.
+    """
+    mode = 0o666 & ~current_umask()
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
+def current_umask() -> int:
+    """Return the process umask without changing it (Linux), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    # NOTE: a file another thread creates between these two calls gets umask 0o077.
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def _rank_state(state: TrainingState) -> dict[str, Any]:

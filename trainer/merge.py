@@ -35,6 +35,7 @@ from registry.services.merges import (
     check_combination,
     check_merge_into_base,
 )
+from trainer.checkpoint import apply_umask_modes
 from trainer.data import label_names, parse_dataset_ref
 from trainer.evaluate import pulled_adapter, task_of
 from trainer.models import cache_home, load_base_model, locate_base_model, verify_base_model
@@ -209,6 +210,7 @@ def _save(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out_dir)
+    apply_umask_modes(out_dir)
     return directory_entries(out_dir)
 
 

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from transformers import get_linear_schedule_with_warmup
 
 from registry.errors import InvalidInput
+from registry.services.names import check_name
 from trainer.checkpoint import (
     TrainingState,
     check_resumable,
@@ -52,6 +53,7 @@ from trainer.data import (
     encode_classification,
     label_names,
     locate_dataset_file,
+    parse_dataset_ref,
     read_split,
     verify_dataset_file,
 )
@@ -166,6 +168,11 @@ def validate_config(config: TrainConfig) -> TrainConfig:
 
     Raises InvalidInput naming the option, the value and what is accepted.
     """
+    check_name(config.adapter, what="adapter name (--adapter)")
+    check_name(config.base_model, what="base model name (--base-model)")
+    dataset_name, dataset_version = parse_dataset_ref(config.dataset)
+    check_name(dataset_name, what="dataset name")
+    check_name(dataset_version, what="dataset version")
     method = validate_method_options(config.method, task=config.task)
     checks = (
         ("epochs", config.epochs, 1),
@@ -177,8 +184,11 @@ def validate_config(config: TrainConfig) -> TrainConfig:
             raise InvalidInput(f"--{flag} must be a whole number >= {minimum}, got {value!r}")
     if config.max_steps is not None and config.max_steps < 1:
         raise InvalidInput(f"--max-steps must be a whole number >= 1, got {config.max_steps!r}")
-    if not config.lr > 0:
-        raise InvalidInput(f"--lr must be a number > 0, got {config.lr!r}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise InvalidInput(f"--lr must be a finite number > 0, got {config.lr!r}")
+    for key in ("weight_decay", "warmup_ratio", "max_grad_norm"):
+        if not math.isfinite(getattr(config, key)):
+            raise InvalidInput(f"{key} must be a finite number, got {getattr(config, key)!r}")
     if not 0 <= config.warmup_ratio < 1:
         raise InvalidInput(f"warmup_ratio must be in [0, 1), got {config.warmup_ratio!r}")
     if config.weight_decay < 0 or config.max_grad_norm < 0:
@@ -333,7 +343,8 @@ def _run(
     run = {
         "task": config.task,
         "method": config.method.method,
-        "hyperparameters": hyperparameters,
+        # Record the split validation ran on, because config.eval_split None means the default.
+        "hyperparameters": {**hyperparameters, "eval_split": eval_split or NO_EVAL},
         "seed": config.seed,
         "code_version": code_version(),
         "packages": package_versions(),

@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import func, select
 
 from registry import errors
+from registry.client import RegistryClient
 from registry.db.models import Adapter, AdapterVersion, AuditEvent
 from tests.support.fixtures import LiveRegistry
 from tests.support.models import save_lora_adapter, save_tiny_llama
+from tests.support.servers import free_port
 
 
 @pytest.fixture(scope="session")
@@ -186,3 +188,32 @@ def test_idempotency_key_reused_for_other_request(
     registry.client.push("chat", lora_a, base_model="tiny-llama", idempotency_key="k2")
     with pytest.raises(errors.Conflict):
         registry.client.push("chat", lora_b, base_model="tiny-llama", idempotency_key="k2")
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/api/v1/blobs/sha256:" + "0" * 64, errors.ServiceUnavailable),
+        ("/bucket/key?X-Amz-Signature=secret", errors.StorageError),
+    ],
+)
+def test_download_from_closed_port_names_file_and_host(
+    path: str, expected: type[errors.RegistryError], tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    with RegistryClient(url) as client, pytest.raises(expected) as caught:
+        client.download_blob(
+            url + path,
+            tmp_path / "adapter_config.json",
+            digest="sha256:" + "0" * 64,
+            size=1,
+            display_name="adapter_config.json",
+        )
+
+    assert type(caught.value) is expected
+    assert "'adapter_config.json'" in caught.value.detail
+    assert f"127.0.0.1:{port}" in caught.value.detail
+    assert "secret" not in caught.value.detail
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,20 @@ def test_merged_weights_equal_adapter_outputs_when_reloaded(
         adapter = PeftModel.from_pretrained(load_tiny_llama(char_llama), tmp_path / "pulled")
         expected = adapter.eval()(input_ids=inputs).logits
     assert float((reloaded - expected).abs().max()) <= 1e-4
+
+
+@SQLITE_ONLY
+def test_merged_files_get_umask_modes(llama_registry: LiveRegistry, tmp_path: Path) -> None:
+    out = tmp_path / "merged"
+    previous = os.umask(0o022)
+    try:
+        merge_into_base(llama_registry.client, "chat@1", out, register=None, options=MergeOptions())
+    finally:
+        os.umask(previous)
+
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == 0o644
+    assert set(modes.values()) == {0o644}
 
 
 @SQLITE_ONLY

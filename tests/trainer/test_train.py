@@ -281,6 +281,7 @@ def test_train_eval_split_none_skips_validation(
 
     assert "val_loss" not in result.run["metrics"][0]
     assert result.run["metrics"][0]["train_loss"] > 0
+    assert result.run["hyperparameters"]["eval_split"] == "none"
 
 
 @pytest.mark.parametrize("method", ["dora", "ia3", "prompt-tuning"])

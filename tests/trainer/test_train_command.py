@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -110,6 +111,7 @@ def test_train_command_run_shown_by_show(registered: LiveRegistry, tmp_path: Pat
     assert run["seed"] == 5
     assert run["hyperparameters"]["lr"] == 0.01
     assert run["hyperparameters"]["max_steps"] == 3
+    assert run["hyperparameters"]["eval_split"] == "validation"
     assert run["packages"]["torch"]
     assert run["hardware"]["device"] == "cpu"
     assert 0 < run["trainable_params"] < run["total_params"]
@@ -143,6 +145,10 @@ def test_train_command_quantize_rejected_before_loading(tmp_path: Path) -> None:
         (["--epochs", "0"], "--epochs must be a whole number >= 1, got 0"),
         (["--target-modules", "query,,value"], "--target-modules needs one or more"),
         (["--dataset", "fortunes"], "must have the form NAME@VERSION"),
+        (["--adapter", "bad name"], "invalid adapter name (--adapter) 'bad name'"),
+        (["--base-model", "a/b"], "invalid base model name (--base-model) 'a/b'"),
+        (["--dataset", "bad name@1"], "invalid dataset name 'bad name'"),
+        (["--tag", "bad key=1"], "invalid --tag key 'bad key'"),
     ],
 )
 def test_train_command_bad_option_rejected(
@@ -154,6 +160,68 @@ def test_train_command_bad_option_rejected(
 
     assert result.exit_code == 2, result.output
     assert expected in _single_json(result)["detail"]
+
+
+@pytest.mark.parametrize(("option", "value"), [("--lr", "nan"), ("--alpha", "inf")])
+def test_train_command_non_finite_number_rejected(option: str, value: str, tmp_path: Path) -> None:
+    env = {"ADAPTERREG_URL": "http://127.0.0.1:9", "ADAPTERREG_HOME": str(tmp_path)}
+
+    result = CliRunner().invoke(train, [*COMMON, option, value], env=env)
+
+    assert result.exit_code == 2, result.output
+    assert f"'{value}' is not a finite number" in result.output
+
+
+def test_train_command_non_finite_config_value_rejected(tmp_path: Path) -> None:
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text("weight_decay: .inf\n")
+    env = {"ADAPTERREG_URL": "http://127.0.0.1:9", "ADAPTERREG_HOME": str(tmp_path)}
+
+    result = CliRunner().invoke(train, [*COMMON, "--config", str(config_file), "--json"], env=env)
+
+    assert result.exit_code == 2, result.output
+    assert "weight_decay must be a finite number, got inf" in _single_json(result)["detail"]
+
+
+def test_train_command_push_failure_names_saved_adapter(
+    registered: LiveRegistry, tmp_path: Path
+) -> None:
+    admin = registered.client.create_token("admin", "admin")["token"]
+    with registered.client_for(admin) as client:
+        reader = client.create_token("trainer", "reader")["token"]
+        writer = client.create_token("ci", "writer")["token"]
+    out = tmp_path / "out"
+    env = {
+        "ADAPTERREG_URL": registered.url,
+        "ADAPTERREG_HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "ADAPTERREG_TOKEN": reader,
+    }
+    args = [*COMMON, "--max-steps", "1", "--output-dir", str(out), "--tag", "stage=test"]
+
+    # A reader may train but not push, so the push at the end fails.
+    failed = CliRunner().invoke(train, [*args, "--json"], env=env, catch_exceptions=False)
+    error = _single_json(failed)
+    command = shlex.split(error["detail"].split("push it with: ", 1)[1])
+
+    assert failed.exit_code == 5
+    assert error["error"] == "Forbidden"
+    assert f"the adapter is saved in {out / 'adapter'}" in error["detail"]
+    assert command[:4] == ["adapterreg", "push", "topics", str(out / "adapter")]
+    assert command[command.index("--run") + 1] == str(out / "run.json")
+    assert command[command.index("--tag") + 1] == "stage=test"
+
+    pushed = CliRunner().invoke(
+        main, [*command[1:], "--json"], env={**env, "ADAPTERREG_TOKEN": writer}
+    )
+    with registered.client_for(writer) as client:
+        version = client.get_version("topics@1")
+
+    assert pushed.exit_code == 0, pushed.output
+    assert version["tags"] == {"stage": "test"}
+    assert version["run"]["seed"] == 5
+    assert version["run"]["hyperparameters"]["max_steps"] == 1
+    assert [m["step"] for m in version["run"]["metrics"]] == [1]
 
 
 def test_train_command_config_unknown_key(tmp_path: Path) -> None:
