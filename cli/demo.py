@@ -49,6 +49,8 @@ class Demo:
     tokens: dict[str, str] = field(default_factory=dict)
     # What the run produced, written to root/summary.json at the end.
     summary: dict[str, Any] = field(default_factory=dict)
+    # 0 on the first run in root, 1 on the second, and so on.
+    run_index: int = 0
 
     def run(self, *args: str, user: str | None = "alice", check: bool = True) -> dict[str, Any]:
         """Run `adapterreg ARGS --json` as ``user``; return its JSON document."""
@@ -78,6 +80,14 @@ class Demo:
         started = time.perf_counter()
         yield
         self.steps.append(Step(title, time.perf_counter() - started))
+
+
+def _next_run_index(root: Path) -> int:
+    """Count this run in root/runs and return how many runs came before it."""
+    path = root / "runs"
+    previous = int(path.read_text()) if path.exists() else 0
+    path.write_text(f"{previous + 1}\n")
+    return previous
 
 
 def _parse_json(text: str) -> dict[str, Any] | None:
@@ -190,7 +200,7 @@ def demo(
     root.mkdir(parents=True, exist_ok=True)
     env = _registry_env(root)
     env["ADAPTERREG_URL"] = f"http://127.0.0.1:{_free_port()}"
-    session = Demo(root=root, env=env)
+    session = Demo(root=root, env=env, run_index=_next_run_index(root))
     started = time.perf_counter()
     with session.step("registry: database, tokens, API server"):
         session.run("db", "upgrade", user=None)

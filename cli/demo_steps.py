@@ -53,11 +53,17 @@ def run_lifecycle(
 ) -> None:
     dataset = _prepare(demo)
     train_args = ["--epochs", str(epochs), *(["--max-steps", str(max_steps)] if max_steps else [])]
+    # Training is reproducible, so a rerun with the same seeds would push identical bytes
+    # and get the existing versions back. Each run of the demo uses seeds of its own.
+    seed = demo.run_index
     with demo.step("train a LoRA and an IA3 adapter"):
         lora = _train(
-            demo, dataset, "lora", [*train_args, "--r", "8", "--alpha", "16", "--lr", "3e-3"]
+            demo,
+            dataset,
+            "lora",
+            [*train_args, "--r", "8", "--alpha", "16", "--lr", "3e-3", "--seed", str(seed)],
         )
-        ia3 = _train(demo, dataset, "ia3", [*train_args, "--lr", "1e-2"])
+        ia3 = _train(demo, dataset, "ia3", [*train_args, "--lr", "1e-2", "--seed", str(seed)])
     with demo.step("evaluate both against the base model"):
         scores = {ref: _evaluate(demo, ref, dataset, max_samples) for ref in (lora, ia3)}
     with demo.step("promote the better one to production"):
@@ -83,7 +89,7 @@ def run_lifecycle(
             demo,
             dataset,
             "lora",
-            [*train_args, "--r", "16", "--alpha", "32", "--lr", "2e-3", "--seed", "7"],
+            [*train_args, "--r", "16", "--alpha", "32", "--lr", "2e-3", "--seed", str(seed + 7)],
         )
         promoted = _promote(demo, challenger, dataset, max_samples)
         _rollback(demo, promoted=promoted, challenger=challenger, best=best)

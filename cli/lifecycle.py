@@ -6,6 +6,7 @@ so the registry-only commands here work without the training extras.
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import sys
@@ -632,6 +633,10 @@ def worker(
     from trainer.worker import run_worker
 
     settings = _eval_settings("test", max_samples, max_length, batch_size)
+    # A long-running worker shows its start, claims and decisions without -v.
+    worker_log = logging.getLogger("trainer.worker")
+    if worker_log.getEffectiveLevel() > logging.INFO:
+        worker_log.setLevel(logging.INFO)
     # SIGTERM (docker stop, systemd, kill) stops the worker like Ctrl-C, so a request
     # being evaluated is handed back at once instead of after its lease.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -110,7 +110,26 @@ def save_adapter(model: PeftModel, directory: Path) -> None:
     look up ``base_model_name_or_path``, a registry name, on the Hugging Face Hub.
     """
     model.save_pretrained(str(directory), save_embedding_layers=False)
+    sort_config_sets(directory / "adapter_config.json")
     apply_umask_modes(directory)
+
+
+def sort_config_sets(path: Path) -> None:
+    """Sort the lists PEFT writes from Python sets, such as ``target_modules``.
+
+    A set's order depends on the process's string hash seed, so without this two
+    identical runs in separate processes write configs, and digests, that differ.
+    """
+    config = json.loads(path.read_text(encoding="utf-8"))
+    changed = False
+    for key in ("target_modules", "modules_to_save", "layers_to_transform"):
+        value = config.get(key)
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            ordered = sorted(value)
+            changed = changed or ordered != value
+            config[key] = ordered
+    if changed:
+        path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def apply_umask_modes(directory: Path) -> None:

@@ -55,6 +55,7 @@ from trainer.data import (
     locate_dataset_file,
     parse_dataset_ref,
     read_split,
+    record_digest,
     verify_dataset_file,
 )
 from trainer.distributed import (
@@ -74,6 +75,7 @@ from trainer.methods import (
     quantization_config,
     validate_method_options,
 )
+from trainer.model_card import write_model_card
 from trainer.models import (
     LoadedModel,
     cache_home,
@@ -357,6 +359,19 @@ def _run(
         "trainable_fraction": trainable_count / total_count if total_count else None,
         "metrics": state.metrics,
     }
+    if context.is_main:
+        write_model_card(
+            adapter_dir,
+            adapter=config.adapter,
+            task=config.task,
+            method=config.method.method,
+            base_record=base_record,
+            dataset=config.dataset,
+            dataset_digest=record_digest(dataset_record),
+            labels=labels,
+            hyperparameters={**hyperparameters, "eval_split": eval_split or NO_EVAL},
+            metrics=state.metrics,
+        )
     logger.info("saved adapter %s to %s after %d steps", config.adapter, adapter_dir, state.step)
     return TrainResult(
         adapter_dir=adapter_dir,

@@ -106,6 +106,9 @@ def test_worker_process_promotes_then_gate_rejects(registry: LiveRegistry) -> No
     finally:
         output = stop_worker(worker)
     assert "worker interrupted" in output
+    # Its start and each decision are logged without -v.
+    assert " started" in output
+    assert "is now promoted" in output
     promoted = json.loads(first.stdout)
     assert promoted["state"] == "promoted", output
     assert promoted["claimed_by"] is None

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from registry.errors import IntegrityError, InvalidInput
 from tests.trainer.builders import directory_bytes, read_jsonl
-from trainer.checkpoint import TrainingState
+from trainer.checkpoint import TrainingState, sort_config_sets
 from trainer.methods import MethodOptions
 from trainer.train import (
     TrainConfig,
@@ -98,6 +98,19 @@ def test_train_adapter_weights_include_head(reference_run: TrainResult) -> None:
 
     assert any("lora_A" in name for name in weights)
     assert any("classifier" in name for name in weights)
+
+
+def test_train_model_card_states_lineage(
+    reference_run: TrainResult, bert_record: dict[str, Any], small_record: dict[str, Any]
+) -> None:
+    card = (reference_run.adapter_dir / "README.md").read_text()
+
+    assert "# " + reference_run.run["hyperparameters"]["adapter"] in card
+    assert str(bert_record["fingerprint"]) in card
+    assert str(small_record["digest"]).removeprefix("sha256:") in card
+    for index, label in enumerate(small_record["label_set"]):
+        assert f"| {index} | {label} |" in card
+    assert "More Information Needed" not in card
 
 
 def test_train_run_record_fields(reference_run: TrainResult) -> None:
@@ -412,3 +425,15 @@ def test_epoch_batches_group_by_length() -> None:
     assert _padded_tokens(grouped, lengths) < 0.7 * _padded_tokens(plain, lengths)
     assert epoch_batches(sampler, epoch=0, batch_size=8, lengths=lengths) == grouped
     assert epoch_batches(sampler, epoch=1, batch_size=8, lengths=lengths) != grouped
+
+
+def test_saved_config_sets_sorted(tmp_path: Path) -> None:
+    path = tmp_path / "adapter_config.json"
+    config = {"target_modules": ["value", "query"], "modules_to_save": ["score", "classifier"]}
+    path.write_text(json.dumps(config))
+
+    sort_config_sets(path)
+
+    config = json.loads(path.read_text())
+    assert config["target_modules"] == ["query", "value"]
+    assert config["modules_to_save"] == ["classifier", "score"]
