@@ -475,7 +475,7 @@ def resolve(ref: str, as_json: bool) -> None:
 
 @click.group()
 def alias() -> None:
-    """Point unprotected aliases at versions and read alias history."""
+    """Point unprotected aliases at versions (`adapterreg history` lists their moves)."""
 
 
 @alias.command("set")

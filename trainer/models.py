@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +31,7 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
 )
+from transformers.utils import logging as transformers_logging
 
 from registry.base_manifest import FileEntry, compute_fingerprint, file_digest, is_fingerprint_file
 from registry.errors import IntegrityError, InvalidInput, NotFound
@@ -168,13 +171,17 @@ def load_base_model(
     if task == "seq-cls":
         if not labels:
             raise InvalidInput("--task seq-cls needs a dataset with a label set")
-        loaded = AutoModelForSequenceClassification.from_pretrained(
-            directory,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: index for index, label in enumerate(labels)},
-            **kwargs,
-        )
+        # The new head is expected: its weights come from training or from the
+        # adapter's saved modules, so transformers' "MISSING ... consider training"
+        # report would only mislead. The missing keys still reach _new_modules.
+        with _transformers_errors_only():
+            loaded = AutoModelForSequenceClassification.from_pretrained(
+                directory,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: index for index, label in enumerate(labels)},
+                **kwargs,
+            )
     else:
         loaded = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     # output_loading_info=True makes from_pretrained return (model, loading info).
@@ -182,6 +189,16 @@ def load_base_model(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model=model, tokenizer=tokenizer, new_modules=_new_modules(model, info))
+
+
+@contextmanager
+def _transformers_errors_only() -> Iterator[None]:
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(previous)
 
 
 def _new_modules(model: torch.nn.Module, info: dict[str, Any]) -> list[str]:

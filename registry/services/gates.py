@@ -267,9 +267,10 @@ def _regression_check(
         "dataset": dataset,
         "metric": metric,
         "candidate": candidate[dataset].get(metric),
-        "required": -policy.max_regression,
+        # 0.0 - x rather than -x, so that no regression allowed reads 0, not -0.
+        "required": 0.0 - policy.max_regression,
     }
-    return _compare(check, base[dataset].get(metric), -policy.max_regression, "base model")
+    return _compare(check, base[dataset].get(metric), 0.0 - policy.max_regression, "base model")
 
 
 def _compare(
