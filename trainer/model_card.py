@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 CARD_NAME = "README.md"
-# Hyperparameters that vary between runs without changing the weights.
-VOLATILE = {"output_dir", "resume", "quiet"}
+# Settings that vary between runs without changing the weights. The adapter name is
+# one: the same weights pushed under two names keep one digest.
+VOLATILE = {"adapter", "output_dir", "resume", "quiet"}
 
 
 def write_model_card(
     adapter_dir: Path,
     *,
-    adapter: str,
     task: str,
     method: str,
     base_record: dict[str, Any],
@@ -44,9 +44,9 @@ def write_model_card(
         f"- {json.dumps(method)}",
         "---",
         "",
-        f"# {adapter}",
+        f"# {method} adapter for {task} on {base_name}",
         "",
-        f"A {method} adapter for {task}, trained by adapterreg.",
+        "Trained by adapterreg.",
         "",
         "## Base model",
         "",

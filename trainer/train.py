@@ -362,7 +362,6 @@ def _run(
     if context.is_main:
         write_model_card(
             adapter_dir,
-            adapter=config.adapter,
             task=config.task,
             method=config.method.method,
             base_record=base_record,
