@@ -394,7 +394,11 @@ def promote(
     batch_size: int,
     as_json: bool,
 ) -> None:
-    """Request moving ALIAS to version REF; the gate decides on fresh evaluations."""
+    """Request moving ALIAS to version REF; the gate decides on fresh evaluations.
+
+    --max-samples, --max-length and --batch-size apply with --local. A worker
+    evaluates with the values it was started with.
+    """
     client = _client()
     request = client.request_promotion(
         ref, alias, datasets=list(datasets), split=split, reason=reason
