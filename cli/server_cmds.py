@@ -32,7 +32,7 @@ from registry.services.actors import LOCAL_ADMIN
 @click.option("--port", type=int, help="Port to bind (ADAPTERREG_PORT, default 8765).")
 @handle_errors
 def serve(host: str | None, port: int | None) -> None:
-    """Run the registry API (SQLite + ./.adapterreg unless ADAPTERREG_* say otherwise)."""
+    """Run the registry API (SQLite + ./.adapterreg unless ADAPTERREG_* variables set others)."""
     from registry.server import serve as run_server
 
     settings = Settings.from_env()

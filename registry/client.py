@@ -537,7 +537,7 @@ def adapter_file_entries(directory: Path) -> list[FileEntry]:
     )
     if unexpected:
         raise errors.InvalidAdapter(
-            f"{str(directory)!r} holds files the registry does not accept: {unexpected}; an "
+            f"{str(directory)!r} contains files the registry does not accept: {unexpected}; an "
             f"adapter version is {', '.join(ADAPTER_FILES)} (README.md optional). Save with "
             "save_pretrained(safe_serialization=True) into a clean directory"
         )

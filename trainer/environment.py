@@ -1,4 +1,4 @@
-"""What a training run records about the software and hardware it ran on."""
+"""Software and hardware facts that a training run records."""
 
 from __future__ import annotations
 

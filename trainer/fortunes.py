@@ -44,7 +44,7 @@ _OVERSTRIKE = re.compile(r"[^\x08]\x08")
 
 @dataclass(frozen=True)
 class FortunesSummary:
-    """What ``build_fortunes_dataset`` wrote."""
+    """Summary of what ``build_fortunes_dataset`` wrote."""
 
     path: Path
     digest: str  # "sha256:<hex>" of the file

@@ -100,7 +100,7 @@ MEGABATCH_FACTOR = 50
 class TrainConfig:
     """Everything that determines a training run."""
 
-    # What to train: registry names, and the training task.
+    # Registry names of the inputs and the result, and the training task.
     base_model: str
     dataset: str  # "name@version"
     adapter: str = "adapter"  # name the result will be pushed as; names the output directory

@@ -49,7 +49,7 @@ def get_state(request: Request) -> AppState:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """The request's unit of work: commits before the response is sent, or rolls back."""
+    """Open the request's unit of work: commit before the response is sent, or roll back."""
     with get_state(request).unit_of_work() as session:
         yield session
 

@@ -369,7 +369,7 @@ class GatePolicy(Base):
     min_margin: Mapped[float] = mapped_column(Float, default=0.0)
     # How far the candidate may fall below the base model on any dataset.
     max_regression: Mapped[float] = mapped_column(Float, default=0.0)
-    # Protected aliases always need an approval; this asks for one on any alias.
+    # Protected aliases always need an approval; this requires one on any alias.
     require_approval: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_by: Mapped[str] = mapped_column(String(NAME_LENGTH))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

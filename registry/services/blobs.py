@@ -151,7 +151,7 @@ def start_upload(
     part_size: int,
     max_bytes: int,
 ) -> dict[str, Any]:
-    """Open a resumable upload of one blob; the reply says how to cut it into parts."""
+    """Open a resumable upload of one blob; the response gives the part size and count."""
     actor.require("writer")
     check_digest(digest)
     _check_declared_size(digest, size, max_bytes)

@@ -127,7 +127,7 @@ def _public(use: dict[str, Any]) -> dict[str, str]:
 
 
 def _collect_references(session: Session) -> dict[str, list[dict[str, Any]]]:
-    """Map each digest to its uses; ``uploaded`` says whether the registry must hold it."""
+    """Map each digest to its uses; ``uploaded`` tells whether the registry must store it."""
     uses: dict[str, list[dict[str, Any]]] = defaultdict(list)
     _add_version_file_uses(session, uses)
     for kind, model in (("base_model", BaseModelRecord), ("merged_model", MergedModel)):

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Sweep:
-    """What one gc run deleted (or, in a dry run, would delete) and kept."""
+    """Outcome of one gc run: what it deleted (or, in a dry run, would delete) and kept."""
 
     dry_run: bool
     cutoff: datetime

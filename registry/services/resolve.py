@@ -1,4 +1,4 @@
-"""What a serving system needs to load a version: digest, base model, download URLs."""
+"""Resolution of a reference to what a serving system loads: digest, base model, download URLs."""
 
 from __future__ import annotations
 

@@ -218,7 +218,7 @@ class LocalBlobStore:
             self._locked_staging(upload_id, fcntl.LOCK_SH, create=True) as staging,
             self._running.hash_part(upload_id, part_number, offset=offset) as hasher,
         ):
-            # The range is about to change: no marker until it holds whole, synced bytes again.
+            # The range is about to change: no marker until it contains whole, synced bytes again.
             os.ftruncate(marker, 0)
             path = self._staging_path(upload_id)
             _write_range(staging, path, chunks, hasher, offset=offset, max_bytes=max_bytes)
@@ -267,7 +267,7 @@ class LocalBlobStore:
         """Verify the staging file and rename it to its blob key.
 
         The running digest verifies it when every listed part arrived in order
-        and still has the marker it was hashed with; otherwise it is read back.
+        and still has the marker it was hashed with. Otherwise the file is read back.
         """
         check_digest(digest)
         if not self._upload_dir(upload_id).is_dir():

@@ -60,7 +60,7 @@ def make_variants(lora: Path, root: Path, count: int, *, start: int = 1) -> list
 
 
 def object_path_or_key(store: BlobStore, digest: str) -> str:
-    """Return the file path or the S3 key that holds ``digest``."""
+    """Return the file path or the S3 key that stores ``digest``."""
     if isinstance(store, LocalBlobStore):
         return str(store.root / blob_key(digest))
     assert isinstance(store, S3BlobStore)

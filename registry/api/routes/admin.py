@@ -19,7 +19,7 @@ router = APIRouter(route_class=RegistryRoute)
 
 @router.get("/health", tags=["system"], responses=error_responses(503))
 def health(session: SessionDep) -> dict[str, Any]:
-    """Return ok when the database answers."""
+    """Return ok when the database responds."""
     session.execute(text("SELECT 1"))
     return {"status": "ok", "version": __version__}
 
@@ -28,7 +28,7 @@ def health(session: SessionDep) -> dict[str, Any]:
     "/tokens", status_code=201, tags=["tokens"], responses=error_responses(401, 403, 409, 422)
 )
 def create_token(body: TokenIn, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
-    """Create an API token; the response holds the token, shown only once."""
+    """Create an API token; the response contains the token, shown only once."""
     return tokens.create_token(session, actor, name=body.name, role=body.role)
 
 
